@@ -1,0 +1,124 @@
+"""Defaults shared by every fastMRI configuration (the published values).
+
+Method files (`configs/{hfssde,vp,ve}/ddpm_continuous.py`) start from `get_default_configs()` and override a few
+keys. Every key is read somewhere in the code; `python main.py --config <file> --config.<group>.<key>=<value>`
+overrides any of them from the command line.
+"""
+import ml_collections
+import torch
+
+
+def get_default_configs() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+
+    # Training.
+    config.training = training = ml_collections.ConfigDict()
+    training.sde = "hfssde"  # hfssde | vpsde | vesde | subvpsde
+    training.batch_size = 16
+    training.epochs = 1000
+    training.n_iters = 0  # stop after this many steps when > 0 (otherwise after `epochs`)
+    training.snapshot_freq = 50000
+    training.epoch_snapshot_freq = 5  # checkpoints/checkpoint_{epoch}.pth every this many epochs
+    training.log_freq = 50
+    training.eval_freq = 100
+    training.snapshot_freq_for_preemption = 10000
+    training.snapshot_sampling = False
+    training.likelihood_weighting = False
+    training.continuous = True
+    training.reduce_mean = True
+    training.eps = 1e-5  # smallest diffusion time drawn in the loss
+    training.mask_type = "low_frequency"  # low-frequency mask M_lf of HFS-SDE: low_frequency | center
+    training.acc = None
+    training.acs = 16
+    training.mean_equal = "noequal"  # "equal": e^c replaced by (1 + c/1e6)^1e6 as in the paper's ablation
+    training.skip_slices = 6  # first slices of each volume left out of training (mostly noise)
+    training.num_workers = 4
+    training.bf16 = False  # bf16 autocast (CUDA only)
+    training.compile = False  # torch.compile the score network (CUDA only)
+    training.channels_last = False
+
+    # Sampling / reconstruction.
+    config.sampling = sampling = ml_collections.ConfigDict()
+    sampling.method = "pc"  # pc | ode | zero_filled | sense | l1wavelet
+    sampling.predictor = "euler_maruyama"  # euler_maruyama | reverse_diffusion | none
+    sampling.corrector = "langevin"  # langevin | none
+    sampling.n_steps_each = 1
+    sampling.noise_removal = True
+    sampling.probability_flow = False
+    sampling.snr = 0.16
+    sampling.snr_accelerated = 0.32  # snr used instead when accelerated_sampling is on
+    sampling.mse = 2.5  # data-consistency weight of the predictor
+    sampling.corrector_mse = 0.1  # data-consistency weight of the corrector
+    sampling.accelerated_sampling = False
+    sampling.N = 100  # sampling steps when accelerated_sampling is on (else model.num_scales)
+    sampling.eps = 1e-3  # last diffusion time of the sampler (VE: 1e-5)
+    sampling.project_score = False  # HFS: project the predictor's score into high-frequency space
+    sampling.batch_size = 1
+    sampling.mask_type = "uniform"  # uniform | cartesian | random_uniform | center | low_frequency
+    sampling.acc = 10
+    sampling.acs = 24
+    sampling.mask_seed = 0  # seed of the random mask families when a mask is generated
+    sampling.datashift = "phantom"  # which test set: phantom | knee | brain (photom accepted)
+    sampling.folder = ""  # run folder under --workdir holding checkpoints/
+    sampling.ckpt = 190  # epoch of checkpoints/checkpoint_{ckpt}.pth
+    sampling.checkpoint = ""  # explicit checkpoint file; overrides folder/ckpt
+    sampling.use_ema = False  # the published reconstructions use the raw weights
+    sampling.seed = 0
+    sampling.max_slices = 0  # reconstruct at most this many slices when > 0
+    sampling.show_progress = True
+    sampling.cg_iters = 30  # baselines: CG-SENSE iterations
+    sampling.l1_lambda = 1e-3  # baselines: l1-wavelet regularisation weight
+    sampling.l1_iters = 100
+
+    # Data.
+    config.data = data = ml_collections.ConfigDict()
+    data.dataset_name = "fastMRI_knee"
+    data.image_size = 320
+    data.num_channels = 2
+    data.centered = False
+    data.random_flip = False
+    data.normalize_type = "std"  # std | img_std | minmax
+    data.normalize_coeff = 1.5
+    data.root = "data/phantom/train"  # folder of fastMRI multi-coil .h5 files (training)
+    data.maps_root = ""  # folder of s_maps files; empty: `<root>_maps` beside it
+    data.eval_root = "data/phantom/val"
+    data.eval_maps_root = ""
+    data.test_roots = ml_collections.ConfigDict(
+        {"phantom": "data/phantom/test", "knee": "data/fastMRI/knee/test", "brain": "data/fastMRI/brain/test"})
+    data.skip_broken = False  # skip unreadable files with a warning instead of stopping
+    data.mask_root = "mask"  # folder of published-name masks (<name>.mat, key "mask")
+
+    # Model.
+    config.model = model = ml_collections.ConfigDict()
+    model.name = "ddpm"
+    model.sigma_min = 0.01
+    model.sigma_max = 348.0
+    model.num_scales = 1000
+    model.beta_min = 0.1
+    model.beta_max = 20.0
+    model.dropout = 0.1
+    model.embedding_type = "fourier"
+    model.scale_by_sigma = False
+    model.ema_rate = 0.9999
+    model.normalization = "GroupNorm"
+    model.nonlinearity = "swish"
+    model.nf = 128
+    model.ch_mult = (1, 2, 2, 2)
+    model.num_res_blocks = 2
+    model.attn_resolutions = (16,)
+    model.resamp_with_conv = True
+    model.conditional = True
+
+    # Optimisation.
+    config.optim = optim = ml_collections.ConfigDict()
+    optim.optimizer = "Adam"
+    optim.lr = 2e-4
+    optim.beta1 = 0.9
+    optim.eps = 1e-8
+    optim.weight_decay = 0.0
+    optim.warmup = 5000
+    optim.grad_clip = 1.0
+
+    config.seed = 1000
+    config.device = "cuda" if torch.cuda.is_available() else "cpu"
+    return config

@@ -1,0 +1,1 @@
+"""Shared utilities: MRI operators, masks, metrics, checkpoints and small helpers."""

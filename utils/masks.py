@@ -1,0 +1,144 @@
+"""Undersampling masks in the published families and naming.
+
+Every mask is a real `[n, n]` array of 0/1, 1 where k-space is sampled, DC at `(n // 2, n // 2)`. 1-D families
+sample whole columns (the phase-encode direction is the last axis, as in fastMRI). Published file names:
+
+    uniform_acc{R}_acs{L}         L centre columns + every R-th remaining column (ascending, first one included)
+    low_frequency_acs{L}          the L centre columns only (HFS-SDE's low-frequency mask for 1-D sampling)
+    center_length{L}              a centred L×L square (low-frequency mask for 2-D sampling)
+    cartesian_acc{R}_acs{L}       L centre columns + Gaussian variable-density random columns (seeded)
+    random_uniform_acc{R}_acs{L}  L centre columns + uniformly random columns (seeded)
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import scipy.io
+import torch
+
+KINDS = ("uniform", "low_frequency", "center", "cartesian", "random_uniform")
+_NEEDS_ACC = ("uniform", "cartesian", "random_uniform")
+
+
+def _acs_columns(size: int, acs: int) -> np.ndarray:
+    return np.arange((size - acs) // 2, (size + acs) // 2)
+
+
+def _random_columns(size: int, acc: float, acs: int, pdf: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """ACS columns plus `int(size / acc) − acs` further columns drawn without replacement from `pdf`."""
+    centre = _acs_columns(size, acs)
+    pdf = pdf.astype(np.float64).copy()
+    pdf[centre] = 0.0
+    n_extra = int(size / acc) - acs
+    if n_extra < 0:
+        raise ValueError(f"acs={acs} already samples more than size/acc={size / acc:g} columns; lower acs or acc")
+    line = np.zeros(size)
+    line[centre] = 1.0
+    line[rng.choice(size, n_extra, replace=False, p=pdf / pdf.sum())] = 1.0
+    return line
+
+
+def make_mask(kind: str, size: int, acc: float | None = None, acs: int | None = None,
+              seed: int | None = None) -> np.ndarray:
+    """Build a `[size, size]` float32 mask of 0/1 of the given family (see the module docstring).
+
+    Args:
+        kind: one of `KINDS`.
+        size: matrix size n (the mask is n × n).
+        acc: acceleration R (uniform, cartesian, random_uniform).
+        acs: number of fully sampled centre columns, or the side of the centre square for `center`.
+        seed: seed of the random families (cartesian, random_uniform); the same seed gives the same mask.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown mask type {kind!r}; choose one of {list(KINDS)}")
+    if acs is None or not 0 < int(acs) <= size:
+        raise ValueError(f"mask {kind!r} needs acs between 1 and the image size {size}, got {acs!r}")
+    acs = int(acs)
+    if kind in _NEEDS_ACC and (acc is None or float(acc) < 1):
+        raise ValueError(f"mask {kind!r} needs an acceleration acc >= 1, got {acc!r}")
+
+    if kind == "center":
+        mask = np.zeros((size, size), np.float32)
+        start, stop = int((size - acs) / 2), int((size + acs) / 2)
+        mask[start:stop, start:stop] = 1.0
+        return mask
+
+    line = np.zeros(size)
+    centre = _acs_columns(size, acs)
+    if kind == "low_frequency":
+        line[centre] = 1.0
+    elif kind == "uniform":
+        outer = np.setdiff1d(np.arange(size), centre)
+        line[centre] = 1.0
+        line[outer[::int(acc)]] = 1.0
+    else:
+        rng = np.random.default_rng(seed)
+        if kind == "cartesian":
+            # Gaussian density of width size/10 around the centre plus a uniform floor (kt-FOCUSS style).
+            pdf = np.exp(-0.5 / (size / 10.0) ** 2 * (np.arange(size) - size / 2) ** 2)
+            pdf += (size / (2.0 * float(acc))) / size
+        else:
+            pdf = np.ones(size)
+        line = _random_columns(size, float(acc), acs, pdf, rng)
+    return np.repeat(line[None, :], size, axis=0).astype(np.float32)
+
+
+def mask_name(kind: str, acc: float | None, acs: int) -> str:
+    """Published file stem for a mask, e.g. `uniform_acc10_acs24`, `low_frequency_acs16`, `center_length24`."""
+    if kind == "center":
+        return f"center_length{acs}"
+    if kind == "low_frequency":
+        return f"low_frequency_acs{acs}"
+    acc_text = f"{acc:g}" if isinstance(acc, float) else str(acc)
+    return f"{kind}_acc{acc_text}_acs{acs}"
+
+
+def save_mask(path: str, mask: np.ndarray) -> None:
+    """Write a mask as a compressed MATLAB file with key `mask`."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    scipy.io.savemat(path, {"mask": mask.astype(np.float32)}, do_compression=True)
+
+
+def load_mask(path: str) -> np.ndarray:
+    """Read the `mask` key of a `.mat` file as a real float32 array."""
+    try:
+        data = scipy.io.loadmat(path)
+    except Exception as err:  # scipy raises several types for unreadable files
+        raise ValueError(f"cannot read mask file {path}: {err}") from err
+    if "mask" not in data:
+        raise ValueError(f"mask file {path} has no key 'mask' (keys: {[k for k in data if not k.startswith('__')]})")
+    mask = np.abs(np.asarray(data["mask"])).astype(np.float32)
+    if mask.ndim != 2:
+        raise ValueError(f"mask file {path} holds an array of shape {mask.shape}; a 2-D [H, W] mask is needed")
+    return mask
+
+
+def get_mask(config, caller: str) -> torch.Tensor:
+    """The low-frequency mask (`caller="sde"`, from `training.*`) or the sampling mask (`"sample"`, `sampling.*`).
+
+    Loads `<data.mask_root>/<published name>.mat` when it exists, otherwise generates the mask at
+    `data.image_size` (random families seeded by `sampling.mask_seed`).
+
+    Returns:
+        float32 tensor `[1, 1, H, W]` on `config.device`.
+    """
+    if caller not in ("sde", "sample"):
+        raise ValueError(f"get_mask caller must be 'sde' or 'sample', got {caller!r}")
+    group = config.training if caller == "sde" else config.sampling
+    key = "training" if caller == "sde" else "sampling"
+    kind, acc, acs = group.mask_type, group.acc, group.acs
+    if kind not in KINDS:
+        raise ValueError(f"unknown {key}.mask_type {kind!r}; choose one of {list(KINDS)}")
+    size = config.data.image_size
+    path = os.path.join(config.data.mask_root, mask_name(kind, acc, acs) + ".mat")
+    if os.path.exists(path):
+        mask = load_mask(path)
+        if mask.shape != (size, size):
+            raise ValueError(
+                f"mask file {path} is {mask.shape[0]}×{mask.shape[1]} but data.image_size is {size}; "
+                f"delete it or write one of the right size with "
+                f"`python utils/generate_mask.py --type {kind} --size {size} --acs {acs}`")
+    else:
+        mask = make_mask(kind, size, acc=acc, acs=acs, seed=config.sampling.mask_seed)
+    return torch.from_numpy(mask)[None, None].to(config.device)

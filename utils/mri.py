@@ -1,0 +1,76 @@
+"""MRI operators on native complex tensors.
+
+Conventions (DESIGN.md §3): images are complex `[B, 1, H, W]`; the network sees real `[B, 2, H, W]`
+(real, imaginary). k-space is centred: the DC sample sits at index `(H // 2, W // 2)`. All transforms are
+orthonormal and act on the last two dimensions; device and dtype follow the input.
+"""
+from __future__ import annotations
+
+import torch
+
+_DIMS = (-2, -1)
+
+
+def fft2c(x: torch.Tensor) -> torch.Tensor:
+    """Centred orthonormal 2-D FFT over the last two dimensions: image → k-space."""
+    return torch.fft.fftshift(torch.fft.fft2(torch.fft.ifftshift(x, dim=_DIMS), norm="ortho"), dim=_DIMS)
+
+
+def ifft2c(k: torch.Tensor) -> torch.Tensor:
+    """Centred orthonormal 2-D inverse FFT over the last two dimensions: k-space → image."""
+    return torch.fft.fftshift(torch.fft.ifft2(torch.fft.ifftshift(k, dim=_DIMS), norm="ortho"), dim=_DIMS)
+
+
+def c2r(x: torch.Tensor) -> torch.Tensor:
+    """Complex `[B, C, H, W]` → real `[B, 2C, H, W]`: real parts, then imaginary parts, along dim 1."""
+    return torch.cat((x.real, x.imag), dim=1)
+
+
+def r2c(x: torch.Tensor) -> torch.Tensor:
+    """Real `[B, 2C, H, W]` → complex `[B, C, H, W]`; the inverse of `c2r`."""
+    if x.shape[1] % 2:
+        raise ValueError(f"r2c needs an even number of channels in dim 1, got shape {tuple(x.shape)}")
+    real, imag = x.chunk(2, dim=1)
+    return torch.complex(real, imag)
+
+
+def sense_forward(x: torch.Tensor, csm: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Multi-coil forward operator `A x = M ⊙ F(S ⊙ x)`.
+
+    Args:
+        x: complex image `[B, 1, H, W]`.
+        csm: complex coil sensitivities `[B, C, H, W]`.
+        mask: real sampling mask broadcastable to `[H, W]` (1 = sampled).
+
+    Returns:
+        complex masked multi-coil k-space `[B, C, H, W]`.
+    """
+    return mask * fft2c(csm * x)
+
+
+def sense_adjoint(y: torch.Tensor, csm: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Adjoint `Aᴴ y = Σ_c conj(S_c) ⊙ F⁻¹(M ⊙ y_c)`: complex k-space `[B, C, H, W]` → image `[B, 1, H, W]`."""
+    return torch.sum(csm.conj() * ifft2c(mask * y), dim=1, keepdim=True)
+
+
+def kspace_filter(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """`F⁻¹(mask ⊙ F x)` on a real 2-channel image `[B, 2, H, W]`, returned in the same layout.
+
+    With `mask = 1 − M_lf` this is the high-pass projector `M̂` of HFS-SDE (an orthogonal projector).
+    """
+    return c2r(ifft2c(mask * fft2c(r2c(x))))
+
+
+def rss(x: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """Root-sum-of-squares combination of complex coil images along `dim` (kept as a singleton)."""
+    return torch.sqrt(torch.sum(torch.abs(x) ** 2, dim=dim, keepdim=True))
+
+
+def center_crop(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Crop the last two dimensions of `x` to `size`, starting at `(n - size) // 2` (the fastMRI convention)."""
+    h, w = x.shape[-2:]
+    ch, cw = size
+    if ch > h or cw > w:
+        raise ValueError(f"cannot crop an image of size {(h, w)} to {size}: the crop is larger than the image")
+    top, left = (h - ch) // 2, (w - cw) // 2
+    return x[..., top:top + ch, left:left + cw]
