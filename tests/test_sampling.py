@@ -1,0 +1,259 @@
+"""Sampler steps against an independent float64 numpy version of DESIGN.md §3, and sampler invariants."""
+import numpy as np
+import pytest
+import torch
+
+import sampling
+import sde_lib
+from configs.tiny import get_config
+from utils import mri
+from utils.masks import make_mask
+
+H = W = 32
+N = 1000
+B0, B1 = 0.1, 20.0
+
+
+# ---- independent numpy reference (float64) ----------------------------------------------------------------------
+def np_fft2c(x):
+    return np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(x, axes=(-2, -1)), norm="ortho"), axes=(-2, -1))
+
+
+def np_ifft2c(k):
+    return np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(k, axes=(-2, -1)), norm="ortho"), axes=(-2, -1))
+
+
+def to_c(x):
+    return x[:, 0] + 1j * x[:, 1]
+
+
+def to_r(c):
+    return np.stack([c.real, c.imag], 1)
+
+
+def np_hp(x, lf):
+    return to_r(np_ifft2c((1 - lf) * np_fft2c(to_c(x))))
+
+
+def np_norm(v):
+    return np.sqrt((v.reshape(v.shape[0], -1) ** 2).sum(1))[:, None, None, None]
+
+
+def np_dc(x, y, csm, mask, g, w):
+    r = mask * np_fft2c(csm * to_c(x)[:, None]) - y
+    d = to_r(np.sum(np.conj(csm) * np_ifft2c(mask * r), 1))
+    return d / np_norm(d) * np_norm(g) * w
+
+
+def np_score(x, t):
+    return -(x - 0.3) / (0.5 + t[:, None, None, None])
+
+
+def np_beta(t):
+    return (B0 + t * (B1 - B0))[:, None, None, None]
+
+
+def np_langevin(x, t, y, csm, mask, lf, noise, snr, w, hfs):
+    g = np_score(x, t)
+    if hfs:
+        g = np_hp(g, lf)
+    d = np_dc(x, y, csm, mask, g, w)
+    alpha = 1 - np.linspace(B0 / N, B1 / N, N)[(t * (N - 1)).astype(int)][:, None, None, None]
+    eps = 2 * alpha * (snr * np_norm(noise) / np_norm(g)) ** 2
+    x_mean = x + eps * (g - d)
+    n = np_hp(noise, lf) if hfs else noise
+    return x_mean + np.sqrt(2 * eps) * n, x_mean
+
+
+def np_euler_maruyama(x, t, y, csm, mask, lf, noise, w, steps, hfs):
+    dt = -1.0 / steps
+    g = np_score(x, t)
+    d = np_dc(x, y, csm, mask, g, w)
+    f = -0.5 * np_beta(t) * (np_hp(x, lf) if hfs else x)
+    G = np.sqrt(np_beta(t))
+    x_mean = x + (f - G ** 2 * (g - d)) * dt
+    z = np_hp(noise, lf) if hfs else noise
+    return x_mean + G * np.sqrt(-dt) * z, x_mean
+
+
+# ---- fixtures ---------------------------------------------------------------------------------------------------
+def problem(seed=0, batch=2, coils=3):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((batch, 2, H, W))
+    csm = rng.standard_normal((batch, coils, H, W)) + 1j * rng.standard_normal((batch, coils, H, W))
+    mask = make_mask("uniform", H, acc=4, acs=6).astype(np.float64)
+    y = mask * (rng.standard_normal((batch, coils, H, W)) + 1j * rng.standard_normal((batch, coils, H, W)))
+    noise = rng.standard_normal(x.shape)
+    t = np.array([0.95, 0.31])[:batch]
+    return x, csm, mask, y, noise, t
+
+
+def torchify(*arrays):
+    out = []
+    for a in arrays:
+        out.append(torch.from_numpy(a.astype(np.complex64 if np.iscomplexobj(a) else np.float32)))
+    return out
+
+
+def torch_score(x, t):
+    return -(x - 0.3) / (0.5 + t[:, None, None, None])
+
+
+def rel_err(a, b):
+    return np.linalg.norm(a - b) / np.linalg.norm(b)
+
+
+@pytest.mark.parametrize("name", ["hfssde", "vpsde"])
+def test_langevin_step_matches_numpy(name):
+    sde = sde_lib.get_sde(get_config(name))
+    x, csm, mask, y, noise, t = problem()
+    lf = make_mask("low_frequency", H, acs=4).astype(np.float64)
+    xt, csmt, maskt, yt, noiset, tt = torchify(x, csm, mask, y, noise, t)
+    got, got_mean = sampling.langevin_corrector_step(sde, torch_score, xt, tt, yt, csmt, maskt, snr=0.16,
+                                                     weight=0.1, noise=noiset)
+    want, want_mean = np_langevin(x, tt.double().numpy(), y, csm, mask, lf, noise, 0.16, 0.1, name == "hfssde")
+    assert rel_err(got.numpy(), want) < 1e-5
+    assert rel_err(got_mean.numpy(), want_mean) < 1e-5
+
+
+@pytest.mark.parametrize("name", ["hfssde", "vpsde"])
+def test_euler_maruyama_step_matches_numpy(name):
+    sde = sde_lib.get_sde(get_config(name))
+    x, csm, mask, y, noise, t = problem(1)
+    lf = make_mask("low_frequency", H, acs=4).astype(np.float64)
+    xt, csmt, maskt, yt, noiset, tt = torchify(x, csm, mask, y, noise, t)
+    got, got_mean = sampling.euler_maruyama_step(sde, torch_score, xt, tt, yt, csmt, maskt, weight=2.5,
+                                                 noise=noiset, num_steps=100)
+    want, want_mean = np_euler_maruyama(x, tt.double().numpy(), y, csm, mask, lf, noise, 2.5, 100,
+                                        name == "hfssde")
+    assert rel_err(got.numpy(), want) < 1e-5
+    assert rel_err(got_mean.numpy(), want_mean) < 1e-5
+
+
+def test_data_consistency_is_per_sample():
+    x, csm, mask, y, _, _ = problem(2)
+    xt, csmt, maskt, yt = torchify(x, csm, mask, y)
+    g = torch.randn_like(xt)
+    both = sampling.data_consistency(xt, yt, csmt, maskt, g, 0.5)
+    first = sampling.data_consistency(xt[:1], yt[:1], csmt[:1], maskt, g[:1], 0.5)
+    assert torch.allclose(both[:1], first, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(torch.linalg.vector_norm(both.flatten(1), dim=1),
+                          0.5 * torch.linalg.vector_norm(g.flatten(1), dim=1), rtol=1e-5)
+
+
+def sampler_config(name="hfssde", steps=6):
+    config = get_config(name)
+    config.sampling.N = steps
+    return config
+
+
+def test_hfs_low_frequencies_are_kept_without_data_consistency():
+    config = sampler_config()
+    config.sampling.mse = config.sampling.corrector_mse = 0.0
+    sde = sde_lib.get_sde(config)
+    x, csm, mask, y, _, _ = problem(3)
+    _, csmt, maskt, yt = torchify(x, csm, mask, y)
+    noise = sampling.SampleNoise([0, 1], "cpu")
+    x_t = sampling.initial_state(sde, yt, csmt, sampling.SampleNoise([0, 1], "cpu"))
+
+    def highpass_score(x_, t_):
+        return sde.high_pass(-x_ * (1 + t_[:, None, None, None]))
+
+    out, nfe = sampling.pc_sampler(config, sde, highpass_score, yt, csmt, maskt, noise)
+    lf = sde.lowfreq_mask
+    diff = lf * (mri.fft2c(mri.r2c(out)) - mri.fft2c(mri.r2c(x_t)))
+    assert diff.abs().max() / (lf * mri.fft2c(mri.r2c(x_t))).abs().max() < 1e-5
+    assert nfe == 2 * 6
+
+
+def test_hfs_initial_state_holds_the_measured_low_frequencies():
+    config = sampler_config()
+    sde = sde_lib.get_sde(config)
+    x, csm, mask, y, _, _ = problem(4)
+    _, csmt, maskt, yt = torchify(x, csm, mask, y)
+    x_t = sampling.initial_state(sde, yt, csmt, sampling.SampleNoise([0, 1], "cpu"))
+    lf = sde.lowfreq_mask
+    expected = mri.sense_adjoint(yt, csmt, lf)
+    assert torch.allclose(mri.fft2c(mri.r2c(x_t)) * lf, mri.fft2c(expected) * lf, atol=1e-4)
+
+
+@pytest.mark.parametrize("name,predictor", [("hfssde", "euler_maruyama"), ("vpsde", "reverse_diffusion"),
+                                            ("vesde", "reverse_diffusion")])
+def test_batch_equals_single_runs(name, predictor):
+    config = sampler_config(name)
+    config.sampling.predictor = predictor
+    sde = sde_lib.get_sde(config)
+    x, csm, mask, y, _, _ = problem(5, batch=3)
+    _, csmt, maskt, yt = torchify(x, csm, mask, y)
+    batch, _ = sampling.pc_sampler(config, sde, torch_score, yt, csmt, maskt, sampling.SampleNoise([7, 8, 9], "cpu"))
+    for i, seed in enumerate([7, 8, 9]):
+        single, _ = sampling.pc_sampler(config, sde, torch_score, yt[i:i + 1], csmt[i:i + 1], maskt,
+                                        sampling.SampleNoise([seed], "cpu"))
+        assert rel_err(batch[i:i + 1].numpy(), single.numpy()) < 1e-4
+
+
+def gaussian_prior_score(sde, mu, sigma0):
+    """Exact score of x_t when x_0 ~ N(mu, sigma0² I) (HFS: on the high-frequency subspace)."""
+    def score(x, t):
+        c = sde.mean_coeff(t) if hasattr(sde, "mean_coeff") else torch.exp(sde.log_mean_coeff(t))
+        var = (c ** 2 * sigma0 ** 2 + sde.marginal_std(t) ** 2)[:, None, None, None]
+        mean = sde.marginal_mean(mu.expand_as(x), t)
+        return -sde.project(x - mean) / var
+    return score
+
+
+def phantom(size):
+    yy, xx = np.mgrid[-1:1:size * 1j, -1:1:size * 1j]
+    img = ((xx / 0.8) ** 2 + (yy / 0.9) ** 2 < 1).astype(float)
+    img -= 0.6 * (((xx - 0.25) / 0.25) ** 2 + (yy / 0.45) ** 2 < 1)
+    img += 0.5 * ((xx + 0.3) ** 2 + (yy + 0.2) ** 2 < 0.05)
+    img[::4, :] *= 1.1
+    return img * np.exp(1j * 0.5 * xx)
+
+
+def psnr(ref, img):
+    return 20 * np.log10(np.abs(ref).max() / np.sqrt(np.mean((np.abs(ref) - np.abs(img)) ** 2)))
+
+
+@pytest.mark.parametrize("name,predictor", [("hfssde", "euler_maruyama"), ("vpsde", "euler_maruyama")])
+def test_strong_prior_reconstructs_the_phantom(name, predictor):
+    import sigpy.mri
+    config = sampler_config(name, steps=100)
+    config.sampling.predictor = predictor
+    config.sampling.mse, config.sampling.corrector_mse = 0.5, 0.1
+    sde = sde_lib.get_sde(config)
+    truth = phantom(H)
+    csm = sigpy.mri.birdcage_maps((4, H, W)).astype(np.complex64)
+    mask = make_mask("uniform", H, acc=4, acs=6)
+    csmt, maskt = torch.from_numpy(csm)[None], torch.from_numpy(mask)
+    truth_t = torch.from_numpy(truth.astype(np.complex64))[None, None]
+    yt = mri.sense_forward(truth_t, csmt, maskt)
+    mu = mri.c2r(truth_t)
+    out, _ = sampling.pc_sampler(config, sde, gaussian_prior_score(sde, mu, 0.05), yt, csmt, maskt,
+                                 sampling.SampleNoise([0], "cpu"))
+    recon = mri.r2c(out)[0, 0].numpy()
+    zero_filled = mri.sense_adjoint(yt, csmt, maskt)[0, 0].numpy()
+    assert psnr(truth, recon) >= psnr(truth, zero_filled) + 5
+
+
+def test_ode_sampler_runs_and_is_deterministic_given_the_start():
+    config = sampler_config()
+    sde = sde_lib.get_sde(config)
+    x, csm, mask, y, _, _ = problem(6)
+    _, csmt, maskt, yt = torchify(x, csm, mask, y)
+    a, nfe = sampling.ode_sampler(config, sde, torch_score, yt, csmt, maskt, sampling.SampleNoise([1, 2], "cpu"))
+    b, _ = sampling.ode_sampler(config, sde, torch_score, yt, csmt, maskt, sampling.SampleNoise([1, 2], "cpu"))
+    assert torch.isfinite(a).all() and torch.equal(a, b) and nfe == 6
+
+
+def test_unknown_predictor_and_corrector():
+    config = sampler_config()
+    sde = sde_lib.get_sde(config)
+    x, csm, mask, y, _, _ = problem(7)
+    _, csmt, maskt, yt = torchify(x, csm, mask, y)
+    config.sampling.predictor = "heun"
+    with pytest.raises(ValueError, match="unknown predictor 'heun'; choose one of"):
+        sampling.pc_sampler(config, sde, torch_score, yt, csmt, maskt, sampling.SampleNoise([0, 1], "cpu"))
+    config.sampling.predictor, config.sampling.corrector = "euler_maruyama", "ald"
+    with pytest.raises(ValueError, match="unknown corrector 'ald'"):
+        sampling.pc_sampler(config, sde, torch_score, yt, csmt, maskt, sampling.SampleNoise([0, 1], "cpu"))
