@@ -62,6 +62,7 @@ def get_default_configs() -> ml_collections.ConfigDict:
     sampling.folder = ""  # run folder under --workdir holding checkpoints/
     sampling.ckpt = 190  # epoch of checkpoints/checkpoint_{ckpt}.pth
     sampling.checkpoint = ""  # explicit checkpoint file; overrides folder/ckpt
+    sampling.output_dir = ""  # where reconstructions go; empty: <workdir>/<folder>/samples/<setting>
     sampling.use_ema = False  # the published reconstructions use the raw weights
     sampling.seed = 0
     sampling.max_slices = 0  # reconstruct at most this many slices when > 0
@@ -85,6 +86,8 @@ def get_default_configs() -> ml_collections.ConfigDict:
     data.eval_maps_root = ""
     data.test_roots = ml_collections.ConfigDict(
         {"phantom": "data/phantom/test", "knee": "data/fastMRI/knee/test", "brain": "data/fastMRI/brain/test"})
+    # Maps folder of each test set; empty: `<test root>_maps` beside it.
+    data.test_maps_roots = ml_collections.ConfigDict({"phantom": "", "knee": "", "brain": ""})
     data.skip_broken = False  # skip unreadable files with a warning instead of stopping
     data.mask_root = "mask"  # folder of published-name masks (<name>.mat, key "mask")
 

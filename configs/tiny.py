@@ -1,4 +1,4 @@
-"""A tiny CPU configuration for tests and smoke runs: 32×32 images, a 2-level DDPM with 16 filters.
+"""A tiny CPU configuration for tests and smoke runs: 32×32 images, a 2-level DDPM with 32 filters.
 
     python main.py --mode train --config configs/tiny.py
 """
@@ -21,7 +21,7 @@ def get_config(sde: str = "hfssde"):
     config.sampling.accelerated_sampling = True
     config.sampling.show_progress = False
     config.data.image_size = 32
-    config.model.nf = 16
+    config.model.nf = 32
     config.model.ch_mult = (1, 2)
     config.model.num_res_blocks = 1
     config.model.attn_resolutions = (16,)

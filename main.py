@@ -1,0 +1,58 @@
+"""Entry point: train a score model or reconstruct undersampled k-space.
+
+    python main.py --mode train  --config configs/hfssde/ddpm_continuous.py [--workdir results]
+    python main.py --mode sample --config configs/hfssde/ddpm_continuous.py --config.sampling.folder=<run>
+
+Any config key can be overridden on the command line: `--config.training.batch_size=4`.
+This is the only module that reads absl flags; everything below takes `(config, workdir)`.
+"""
+import os
+import re
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Training/sampling configuration file.", lock_config=True)
+flags.DEFINE_enum("mode", None, ["train", "sample"], "Running mode: train or sample.")
+flags.DEFINE_string("workdir", "results", "Folder of runs (train starts a new run in it) or one run folder "
+                    "(train resumes it).")
+flags.mark_flags_as_required(["config", "mode"])
+
+# Mistakes a user can fix (bad paths, values, names); anything else keeps its traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, RuntimeError)
+
+
+def parse_flags(argv):
+    """Parse flags; a bad flag or an unknown config key becomes one readable line instead of a traceback."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as err:
+        text = str(err)
+    except (AttributeError, KeyError) as err:
+        override = next((a.split("=")[0] for a in argv if a.startswith("--config.")), "--config.*")
+        hint = re.search(r'Did you mean "([^"]+)"', str(err))
+        text = f"unknown config key in {override}" + (f' (did you mean "{hint.group(1)}"?)' if hint else "")
+    sys.exit(f"main.py: {text}\nRun `python main.py --helpfull` for the flags; config keys are listed in "
+             f"configs/default_fastMRI_configs.py.")
+
+
+def main(argv):
+    del argv
+    config = FLAGS.config
+    try:
+        if FLAGS.mode == "train":
+            from utils.training import train
+            train(config, FLAGS.workdir)
+        else:
+            from utils.reconstruction import reconstruct
+            reconstruct(config, FLAGS.workdir)
+    except USER_ERRORS as err:
+        if os.environ.get("HFS_TRACEBACK"):
+            raise
+        sys.exit(f"main.py: error: {err}\n(set HFS_TRACEBACK=1 to see the traceback)")
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,48 @@
+"""Figures of reconstructions: one panel per slice and a combined comparison figure (matplotlib, no screen)."""
+from __future__ import annotations
+
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def _title(name: str, metrics: dict | None) -> str:
+    if not metrics:
+        return name
+    return f"{name}\nPSNR {metrics['psnr']:.2f} dB  SSIM {metrics['ssim']:.3f}"
+
+
+def save_panel(path: str, zero_filled: np.ndarray, recon: np.ndarray, truth: np.ndarray,
+               zf_metrics: dict, recon_metrics: dict, method: str) -> None:
+    """Zero-filled | reconstruction | ground truth | |error| ×5 of one slice (magnitudes `[H, W]`) as a PNG."""
+    vmax = float(truth.max()) or 1.0
+    images = [(zero_filled, _title("zero-filled", zf_metrics)), (recon, _title(method, recon_metrics)),
+              (truth, "ground truth"), (5 * np.abs(recon - truth), "|error| ×5")]
+    fig, axes = plt.subplots(1, 4, figsize=(13, 3.6))
+    for ax, (image, title) in zip(axes, images):
+        ax.imshow(image, cmap="gray", vmin=0, vmax=vmax)
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def save_comparison(path: str, rows: list[tuple[str, np.ndarray, dict | None]], truth: np.ndarray) -> None:
+    """One row of images, one per method (`(name, magnitude [H, W], metrics)`), then the ground truth."""
+    vmax = float(truth.max()) or 1.0
+    columns = rows + [("ground truth", truth, None)]
+    fig, axes = plt.subplots(1, len(columns), figsize=(3.2 * len(columns), 3.6))
+    for ax, (name, image, metrics) in zip(np.atleast_1d(axes), columns):
+        ax.imshow(image, cmap="gray", vmin=0, vmax=vmax)
+        ax.set_title(_title(name, metrics), fontsize=9)
+        ax.axis("off")
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

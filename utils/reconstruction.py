@@ -1,0 +1,265 @@
+"""`main.py --mode sample`: reconstruct a test set with a diffusion sampler or a classical baseline, score it and
+write the results.
+
+Outputs, in one folder per setting (`sampling.output_dir`, or `<workdir>/<sampling.folder>/samples/<setting>`):
+    recon_<file>_<slice>.mat   keys recon, zero_filled, ground_truth (complex [H, W]) — one per slice
+    <file>_<slice>.png         zero-filled | reconstruction | ground truth | |error| ×5, metrics in the titles
+    <file>.h5                  fastMRI-style `reconstruction` [slices, H, W] (magnitude, float32)
+    metrics.csv                one row per slice, both metric conventions (utils/metrics.py) and seconds
+    volumes.csv                fastMRI per-volume metrics
+    summary.json               means over slices, NFE, seconds per slice, method, mask
+A rerun with the same setting skips the slices whose `.mat` file exists.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import time
+import zlib
+
+import h5py
+import numpy as np
+import scipy.io
+import torch
+from scipy.ndimage import binary_fill_holes
+
+import datasets
+import sampling
+import sde_lib
+from models import create_model, get_score_fn
+from utils import metrics
+from utils.baselines import BASELINES
+from utils.checkpoints import load_model_weights
+from utils.figures import save_panel
+from utils.masks import get_mask, mask_name
+from utils.mri import r2c, sense_adjoint
+
+FIELDS = ["fname", "slice", "nmse", "psnr", "ssim", "nmse_published", "psnr_published", "ssim_published",
+          "zf_nmse", "zf_psnr", "zf_ssim", "seconds", "nfe"]
+
+
+def is_diffusion(method: str) -> bool:
+    return method in sampling.SAMPLERS
+
+
+def check_method(method: str) -> None:
+    if not is_diffusion(method) and method not in BASELINES.names():
+        raise ValueError(f"unknown sampling.method {method!r}; choose a diffusion sampler "
+                         f"{sorted(sampling.SAMPLERS)} or a baseline {BASELINES.names()}")
+
+
+def checkpoint_path(config, workdir: str) -> str:
+    """`sampling.checkpoint`, or `<workdir>/<sampling.folder>/checkpoints/checkpoint_<sampling.ckpt>.pth`."""
+    s = config.sampling
+    path = s.checkpoint or os.path.join(workdir, s.folder, "checkpoints", f"checkpoint_{s.ckpt}.pth")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"no checkpoint at {path}. Train one with `bash train_fastMRI.sh {config.training.sde}` (it writes "
+            f"<workdir>/<run>/checkpoints/checkpoint_<epoch>.pth), then pass --config.sampling.folder=<run> "
+            f"--config.sampling.ckpt=<epoch>; put published weights at "
+            f"{os.path.join(workdir, '<folder>', 'checkpoints', 'checkpoint_190.pth')}; or give any file with "
+            f"--config.sampling.checkpoint=<path>")
+    return path
+
+
+def setting_name(config) -> str:
+    """Folder name of one reconstruction setting: test set, mask, method and its parameters."""
+    s = config.sampling
+    parts = [datasets.canonical_datashift(s.datashift), mask_name(s.mask_type, s.acc, s.acs), s.method]
+    if is_diffusion(s.method):
+        steps = s.N if s.accelerated_sampling else config.model.num_scales
+        snr = s.snr_accelerated if s.accelerated_sampling else s.snr
+        parts += [config.training.sde, s.predictor, s.corrector, f"N{steps}", f"snr{snr:g}", f"mse{s.mse:g}",
+                  f"cmse{s.corrector_mse:g}", "ema" if s.use_ema else "raw", f"seed{s.seed}"]
+        if s.project_score:
+            parts.append("projscore")
+    return "_".join(str(p) for p in parts)
+
+
+def output_folder(config, workdir: str) -> str:
+    if config.sampling.output_dir:
+        return config.sampling.output_dir
+    return os.path.join(workdir, config.sampling.folder, "samples", setting_name(config))
+
+
+def build_reconstructor(config, workdir: str):
+    """`(fn(y, csm, mask, seeds) -> (complex image [B, 1, H, W], nfe), description)` for `sampling.method`."""
+    method = config.sampling.method
+    check_method(method)
+    if not is_diffusion(method):
+        baseline = BASELINES.get(method)
+        return (lambda y, csm, mask, seeds: (baseline(y, csm, mask, config), 0)), method
+    sde = sde_lib.get_sde(config)
+    model = create_model(config)
+    path = checkpoint_path(config, workdir)
+    step = load_model_weights(path, model, config.sampling.use_ema, config.device)
+    model.eval()
+    score_fn = get_score_fn(sde, model, train=False, continuous=config.training.continuous)
+    sampler = sampling.SAMPLERS[method]
+    _check_low_frequencies_measured(config, sde)
+
+    def reconstruct_batch(y, csm, mask, seeds):
+        x, nfe = sampler(config, sde, score_fn, y, csm, mask, sampling.SampleNoise(seeds, y.device),
+                         show_progress=config.sampling.show_progress)
+        return r2c(x), nfe
+
+    return reconstruct_batch, f"{method} with {path} (step {step})"
+
+
+def _check_low_frequencies_measured(config, sde) -> None:
+    if not hasattr(sde, "lowfreq_mask"):
+        return
+    sample_mask = get_mask(config, "sample")
+    missing = int(((sde.lowfreq_mask > 0) & (sample_mask == 0)).sum())
+    if missing:
+        logging.warning("the sampling mask %s leaves %d samples of the low-frequency region (training.mask_type="
+                        "%s, training.acs=%s) unmeasured; HFS-SDE keeps that region from the data, so raise "
+                        "sampling.acs to at least training.acs", mask_name(config.sampling.mask_type,
+                        config.sampling.acc, config.sampling.acs), missing, config.training.mask_type,
+                        config.training.acs)
+
+
+def slice_seed(base: int, fname: str, index: int) -> int:
+    """Noise seed of one slice: independent of batch composition and order."""
+    return (base * 1_000_003 + zlib.crc32(f"{fname}:{index}".encode())) % 2**63
+
+
+def object_support(truth: np.ndarray) -> np.ndarray:
+    """Support of a phantom (magnitude above 2 % of its maximum, holes filled), for the published metrics."""
+    return binary_fill_holes(truth > 0.02 * truth.max())
+
+
+def _done(out: str, fname: str, index: int) -> bool:
+    return os.path.exists(os.path.join(out, f"recon_{fname}_{index}.mat"))
+
+
+def _check_sizes(mask: torch.Tensor, kspace: torch.Tensor, config) -> None:
+    if tuple(mask.shape[-2:]) != tuple(kspace.shape[-2:]):
+        raise ValueError(f"the sampling mask {mask_name(config.sampling.mask_type, config.sampling.acc, config.sampling.acs)} "
+                         f"is {tuple(mask.shape[-2:])} but the test k-space is {tuple(kspace.shape[-2:])}; set "
+                         f"data.image_size to the data's size or give a mask of that size")
+
+
+def _write_slice(out, fname, index, recon, zero_filled, truth, row, method, support):
+    scipy.io.savemat(os.path.join(out, f"recon_{fname}_{index}.mat"),
+                     {"recon": recon, "zero_filled": zero_filled, "ground_truth": truth}, do_compression=True)
+    zf = {"psnr": row["zf_psnr"], "ssim": row["zf_ssim"]}
+    save_panel(os.path.join(out, f"{fname}_{index}.png"), np.abs(zero_filled), np.abs(recon) * support,
+               np.abs(truth), zf, row, method)
+
+
+def reconstruct_loader(config, reconstruct_batch, loader, mask, out: str, method: str) -> list[dict]:
+    """Reconstruct every slice of `loader` not yet in `out`; returns the new metric rows."""
+    rows, seen, limit = [], 0, config.sampling.max_slices
+    phantom = datasets.canonical_datashift(config.sampling.datashift) == "phantom"
+    for batch in loader:
+        if 0 < limit <= seen:
+            break
+        keys = list(zip(batch["fname"], batch["slice"].tolist()))
+        keep = [i for i, (f, s) in enumerate(keys) if not _done(out, f, s) and (limit <= 0 or seen + i < limit)]
+        seen += len(keys)
+        if not keep:
+            continue
+        kspace = batch["kspace"][keep].to(config.device)
+        maps = batch["maps"][keep].to(config.device)
+        _check_sizes(mask, kspace, config)
+        names = [batch["fname"][i] for i in keep]
+        indices = [int(batch["slice"][i]) for i in keep]
+        y = mask * kspace
+        start = time.perf_counter()
+        recon, nfe = reconstruct_batch(y, maps, mask, [slice_seed(config.sampling.seed, f, s)
+                                                       for f, s in zip(names, indices)])
+        if recon.is_cuda:
+            torch.cuda.synchronize()
+        seconds = (time.perf_counter() - start) / len(keep)
+        truth = sense_adjoint(kspace, maps, 1.0)
+        zero_filled = sense_adjoint(y, maps, mask)
+        for j, (fname, index) in enumerate(zip(names, indices)):
+            images = [v[j, 0].cpu().numpy() for v in (recon, zero_filled, truth)]
+            mags = [np.abs(v) for v in images]
+            support = object_support(mags[2]) if phantom else None
+            row = {"fname": fname, "slice": index, **metrics.evaluate(mags[2], mags[0], support=support),
+                   **{f"zf_{k}": v for k, v in metrics.evaluate(mags[2], mags[1]).items() if k in ("nmse", "psnr", "ssim")},
+                   "seconds": seconds, "nfe": nfe}
+            _write_slice(out, fname, index, *images, row, method, 1.0 if support is None else support)
+            _append_row(os.path.join(out, "metrics.csv"), row)
+            rows.append(row)
+            logging.info("%s slice %d: PSNR %.2f dB (zero-filled %.2f), SSIM %.4f, %.1f s", fname, index,
+                         row["psnr"], row["zf_psnr"], row["ssim"], seconds)
+    return rows
+
+
+def _append_row(path: str, row: dict) -> None:
+    new = not os.path.exists(path)
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def read_rows(path: str) -> list[dict]:
+    if not os.path.exists(path):
+        return []
+    with open(path, newline="") as f:
+        return [{k: (v if k == "fname" else float(v)) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def write_volumes(out: str, rows: list[dict]) -> list[dict]:
+    """Assemble `<file>.h5` volumes from the slice files and compute fastMRI per-volume metrics."""
+    volumes = []
+    for fname in sorted({r["fname"] for r in rows}):
+        indices = sorted(int(r["slice"]) for r in rows if r["fname"] == fname)
+        mats = [scipy.io.loadmat(os.path.join(out, f"recon_{fname}_{i}.mat")) for i in indices]
+        recon = np.stack([np.abs(m["recon"]) for m in mats]).astype(np.float32)
+        truth = np.stack([np.abs(m["ground_truth"]) for m in mats])
+        with h5py.File(os.path.join(out, f"{fname}.h5"), "w") as f:
+            f.create_dataset("reconstruction", data=recon)
+            f.create_dataset("slices", data=np.asarray(indices))
+        volumes.append({"fname": fname, "n_slices": len(indices), **metrics.evaluate_volume(truth, recon)})
+    if volumes:
+        with open(os.path.join(out, "volumes.csv"), "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(volumes[0]))
+            writer.writeheader()
+            writer.writerows(volumes)
+    return volumes
+
+
+def summarize(config, rows: list[dict], volumes: list[dict], description: str) -> dict:
+    mean = lambda key: float(np.mean([r[key] for r in rows]))  # noqa: E731
+    s = config.sampling
+    summary = {"method": s.method if not is_diffusion(s.method) else f"{config.training.sde}-{s.method}",
+               "description": description, "mask": mask_name(s.mask_type, s.acc, s.acs),
+               "datashift": datasets.canonical_datashift(s.datashift), "n_slices": len(rows)}
+    for key in ("nmse", "psnr", "ssim", "nmse_published", "psnr_published", "ssim_published", "zf_nmse",
+                "zf_psnr", "zf_ssim"):
+        summary[key] = mean(key)
+    summary["nfe"] = int(max(r["nfe"] for r in rows))
+    summary["seconds_per_slice"] = mean("seconds")
+    for key in ("nmse", "psnr", "ssim"):
+        summary[f"{key}_volume"] = float(np.mean([v[key] for v in volumes]))
+    return summary
+
+
+def reconstruct(config, workdir: str) -> dict:
+    """Reconstruct the `sampling.datashift` test set; returns the summary (also written as summary.json)."""
+    reconstruct_batch, description = build_reconstructor(config, workdir)
+    mask = get_mask(config, "sample")
+    loader = datasets.get_dataset(config, "test")
+    out = output_folder(config, workdir)
+    os.makedirs(out, exist_ok=True)
+    logging.info("reconstructing %s with %s into %s", config.sampling.datashift, description, out)
+    with torch.inference_mode():
+        reconstruct_loader(config, reconstruct_batch, loader, mask, out, config.sampling.method)
+    rows = read_rows(os.path.join(out, "metrics.csv"))
+    if not rows:
+        raise ValueError(f"no slices were reconstructed into {out}; check sampling.max_slices and the test set")
+    summary = summarize(config, rows, write_volumes(out, rows), description)
+    with open(os.path.join(out, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    logging.info("%s: %d slices, NMSE %.4f, PSNR %.2f dB, SSIM %.4f (zero-filled PSNR %.2f dB), %.2f s/slice -> %s",
+                 summary["method"], summary["n_slices"], summary["nmse"], summary["psnr"], summary["ssim"],
+                 summary["zf_psnr"], summary["seconds_per_slice"], out)
+    return summary
