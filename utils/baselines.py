@@ -1,0 +1,138 @@
+"""Classical reconstructions in the same harness as the diffusion samplers (`sampling.method`).
+
+Every method has the signature `fn(y, csm, mask, config) -> x`:
+    y     complex masked multi-coil k-space `[B, C, H, W]` (complex64), centred as in `utils.mri`;
+    csm   complex coil sensitivities `[B, C, H, W]`;
+    mask  real sampling mask broadcastable to `[B, 1, H, W]` (1 = sampled), e.g. `[1, 1, H, W]`;
+    x     complex image `[B, 1, H, W]` on the device and in the dtype of `y`.
+The forward model is `A x = M ⊙ F(S ⊙ x)` of `utils.mri.sense_forward`.
+
+    zero_filled  `Aᴴ y`, the coil-combined zero-filled image.
+    sense        CG-SENSE: `sampling.cg_iters` conjugate-gradient iterations on `AᴴA x = Aᴴ y` from `x = 0`
+                 (early stopping is the only regularisation), batched, in torch on the tensors' device.
+    l1wavelet    `argmin_x ½‖A x − y‖² + λ‖Ψ x‖₁` (Daubechies-4 wavelets Ψ, λ = `sampling.l1_lambda`,
+                 `sampling.l1_iters` accelerated proximal-gradient iterations) by sigpy's `L1WaveletRecon`, slice by
+                 slice on the CPU; deterministic. λ is in the units of the data, so it depends on the k-space
+                 normalisation.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import ml_collections
+import numpy as np
+import torch
+from sigpy.mri.app import L1WaveletRecon
+
+from utils.common import Registry, append_dims
+from utils.mri import sense_adjoint, sense_forward
+
+Baseline = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, ml_collections.ConfigDict], torch.Tensor]
+BASELINES: Registry[Baseline] = Registry("baseline method")
+
+
+def _check_inputs(y: torch.Tensor, csm: torch.Tensor, mask: torch.Tensor) -> None:
+    """Raise a ValueError naming the offending tensor unless the shapes fit `[B, C, H, W]` and the mask."""
+    if y.ndim != 4 or y.shape != csm.shape or not (y.is_complex() and csm.is_complex()):
+        raise ValueError(f"y and csm must both be complex [B, C, H, W] tensors of one shape; got y "
+                         f"{tuple(y.shape)} {y.dtype} and csm {tuple(csm.shape)} {csm.dtype}")
+    batch, _, height, width = y.shape
+    target = (batch, 1, height, width)
+    try:
+        fits = torch.broadcast_shapes(mask.shape, target) == target
+    except RuntimeError:
+        fits = False
+    if not fits:
+        raise ValueError(f"sampling mask of shape {tuple(mask.shape)} does not match the k-space size "
+                         f"{(height, width)}; build the mask for this matrix size (shape [H, W] or [1, 1, H, W])")
+
+
+def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Real part of the per-sample inner product `Re⟨a, b⟩ = Re Σ conj(a) b` over all but dim 0: `[B]`."""
+    return torch.sum((a.conj() * b).real, dim=tuple(range(1, a.ndim)))
+
+
+def _safe_div(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+    """`num / den` where `den > 0`, else 0 (a converged sample takes no further step)."""
+    positive = den > 0
+    return torch.where(positive, num / torch.where(positive, den, torch.ones_like(den)), torch.zeros_like(num))
+
+
+def conjugate_gradient(normal_op: Callable[[torch.Tensor], torch.Tensor], rhs: torch.Tensor,
+                       num_iters: int) -> torch.Tensor:
+    """Solve `N x = rhs` for every sample of a batch by `num_iters` conjugate-gradient iterations from `x = 0`.
+
+    Args:
+        normal_op: Hermitian positive semi-definite operator `N` acting on each sample (dim 0) independently,
+            e.g. `x ↦ AᴴA x`.
+        rhs: right-hand side `[B, ...]` (real or complex).
+        num_iters: number of iterations (≥ 0).
+
+    Returns:
+        the iterate `x_k`, shaped like `rhs`. Step sizes α and β are computed per sample, so a batch gives
+        the same iterates as separate runs; a sample whose residual is exactly zero stops moving.
+    """
+    x = torch.zeros_like(rhs)
+    r = rhs.clone()
+    p = r.clone()
+    rr = _dot(r, r)
+    for _ in range(num_iters):
+        normal_p = normal_op(p)
+        alpha = append_dims(_safe_div(rr, _dot(p, normal_p)), rhs.ndim)
+        x = x + alpha * p
+        r = r - alpha * normal_p
+        rr_next = _dot(r, r)
+        p = r + append_dims(_safe_div(rr_next, rr), rhs.ndim) * p
+        rr = rr_next
+    return x
+
+
+@BASELINES.register("zero_filled")
+@torch.no_grad()
+def zero_filled(y: torch.Tensor, csm: torch.Tensor, mask: torch.Tensor,
+                config: ml_collections.ConfigDict) -> torch.Tensor:
+    """Zero-filled coil-combined image `Aᴴ y`: complex `[B, 1, H, W]` (`config` is not used)."""
+    _check_inputs(y, csm, mask)
+    return sense_adjoint(y, csm, mask)
+
+
+@BASELINES.register("sense")
+@torch.no_grad()
+def sense(y: torch.Tensor, csm: torch.Tensor, mask: torch.Tensor,
+          config: ml_collections.ConfigDict) -> torch.Tensor:
+    """CG-SENSE: `config.sampling.cg_iters` CG iterations on `AᴴA x = Aᴴ y`; complex `[B, 1, H, W]`."""
+    _check_inputs(y, csm, mask)
+    num_iters = config.sampling.cg_iters
+    if num_iters < 1:
+        raise ValueError(f"sampling.cg_iters must be a positive number of CG iterations, got {num_iters}")
+    mask = mask.to(y.device)
+
+    def normal_op(x: torch.Tensor) -> torch.Tensor:
+        return sense_adjoint(sense_forward(x, csm, mask), csm, mask)
+
+    return conjugate_gradient(normal_op, sense_adjoint(y, csm, mask), num_iters)
+
+
+@BASELINES.register("l1wavelet")
+@torch.no_grad()
+def l1wavelet(y: torch.Tensor, csm: torch.Tensor, mask: torch.Tensor,
+              config: ml_collections.ConfigDict) -> torch.Tensor:
+    """ℓ1-wavelet compressed sensing (sigpy `L1WaveletRecon`), one slice at a time on the CPU.
+
+    Uses `config.sampling.l1_lambda` (λ) and `config.sampling.l1_iters` (iterations); returns complex
+    `[B, 1, H, W]` on the device and in the dtype of `y`.
+    """
+    _check_inputs(y, csm, mask)
+    lamda, num_iters = config.sampling.l1_lambda, config.sampling.l1_iters
+    if lamda < 0 or num_iters < 1:
+        raise ValueError(f"sampling.l1_lambda must be ≥ 0 and sampling.l1_iters ≥ 1, got {lamda} and {num_iters}")
+    masks = torch.broadcast_to(mask, (y.shape[0], 1) + tuple(y.shape[-2:]))
+    images = []
+    for k, c, m in zip(y.cpu().numpy(), csm.cpu().numpy(), masks[:, 0].cpu().numpy()):
+        # Step 1/L with L = max(M)·max_pixels Σ_c|S_c|² ≥ ‖AᴴA‖: deterministic, unlike sigpy's default power
+        # iteration, which starts from numpy's global random state.
+        lipschitz = float(np.max(m)) * float(np.max(np.sum(np.abs(c) ** 2, axis=0)))
+        app = L1WaveletRecon(k, c, lamda, weights=m.astype(np.float32), max_iter=num_iters,
+                             alpha=1.0 / lipschitz if lipschitz > 0 else 1.0, show_pbar=False)
+        images.append(torch.from_numpy(np.asarray(app.run())))
+    return torch.stack(images)[:, None].to(device=y.device, dtype=y.dtype)
