@@ -100,7 +100,6 @@ def get_default_configs() -> ml_collections.ConfigDict:
     model.beta_min = 0.1
     model.beta_max = 20.0
     model.dropout = 0.1
-    model.embedding_type = "fourier"
     model.scale_by_sigma = False
     model.ema_rate = 0.9999
     model.normalization = "GroupNorm"

@@ -1,0 +1,167 @@
+"""Training checkpoints in the published format `{model, ema, optimizer, step, ...}`.
+
+Model keys are written with the `module.` prefix that the published code's DataParallel wrapper produced, so its
+tools read our files; on loading, `module.` and `_orig_mod.` (torch.compile) prefixes are accepted and the
+weights must fit the network exactly. Files are written atomically and read with `weights_only=True`.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import tempfile
+from typing import Any
+
+import torch
+from torch import nn
+
+_PREFIXES = ("module.", "_orig_mod.")
+_CONFIG_HINT = ("the checkpoint was probably trained with other network settings: check model.nf, model.ch_mult, "
+                "model.num_res_blocks, model.attn_resolutions, model.conditional, data.image_size and "
+                "data.num_channels (model.num_scales sizes the `sigmas` buffer) against the run that wrote it")
+_MAX_LISTED = 20
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The bare network inside DataParallel / DistributedDataParallel / torch.compile wrappers."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            model = model.module
+        else:
+            return model
+
+
+def _strip_prefixes(key: str) -> str:
+    while key.startswith(_PREFIXES):
+        key = key.split(".", 1)[1]
+    return key
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
+    """Atomically write `state` to `path`.
+
+    `state` holds `model` (nn.Module), `ema`, `optimizer` (anything with `state_dict()`), `step` (int) and
+    optional extras (`epoch`, RNG states, ...): objects with `state_dict()` are saved as their state dicts,
+    everything else as is (keep extras to tensors, numbers, strings, lists and dicts so `weights_only` loading
+    reads them). The file is written next to `path` and renamed over it, so an interrupted save never leaves a
+    truncated checkpoint.
+    """
+    path = os.fspath(path)
+    saved = {}
+    for key, value in state.items():
+        if key == "model":
+            saved[key] = {"module." + k: v for k, v in unwrap_model(value).state_dict().items()}
+        elif hasattr(value, "state_dict"):
+            saved[key] = value.state_dict()
+        else:
+            saved[key] = value
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(saved, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _read(path: str | os.PathLike, device: str | torch.device) -> dict[str, Any]:
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint {path} not found; check --workdir, sampling.folder / sampling.ckpt "
+                                "or sampling.checkpoint")
+    try:
+        loaded = torch.load(path, map_location=device, weights_only=True)
+    except (pickle.UnpicklingError, EOFError, RuntimeError) as err:
+        raise RuntimeError(f"cannot read checkpoint {path} (truncated, corrupt, or not a weights-only PyTorch "
+                           f"file): {err}") from err
+    if not isinstance(loaded, dict) or "model" not in loaded:
+        found = sorted(loaded) if isinstance(loaded, dict) else type(loaded).__name__
+        raise ValueError(f"{path} is not a training checkpoint: expected a dict with a 'model' entry, found {found}")
+    return loaded
+
+
+def _listed(items: list[str]) -> str:
+    shown = "\n    ".join(items[:_MAX_LISTED])
+    more = f"\n    ... and {len(items) - _MAX_LISTED} more" if len(items) > _MAX_LISTED else ""
+    return f"\n    {shown}{more}"
+
+
+def _load_weights(path: str, model: nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    """Load `weights` (any prefixes) into `model` strictly; one error lists every mismatch."""
+    weights = {_strip_prefixes(k): v for k, v in weights.items()}
+    model = unwrap_model(model)
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in weights]
+    unexpected = [k for k in weights if k not in expected]
+    mismatched = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
+                  for k, v in weights.items() if k in expected and v.shape != expected[k].shape]
+    if missing or unexpected or mismatched:
+        parts = [f"checkpoint {path} does not fit the {type(model).__name__} network built from the config:"]
+        if missing:
+            parts.append(f"  {len(missing)} missing keys (in the model, not in the file):{_listed(missing)}")
+        if unexpected:
+            parts.append(f"  {len(unexpected)} unexpected keys (in the file, not in the model):{_listed(unexpected)}")
+        if mismatched:
+            parts.append(f"  {len(mismatched)} shape mismatches:{_listed(mismatched)}")
+        parts.append(_CONFIG_HINT)
+        raise RuntimeError("\n".join(parts))
+    model.load_state_dict(weights, strict=True)
+
+
+def load_checkpoint(path: str | os.PathLike, state: dict[str, Any], device: str | torch.device) -> dict[str, Any]:
+    """Restore `state` (as given to `save_checkpoint`) from `path` in place and return it.
+
+    The model is loaded strictly (with or without `module.` / `_orig_mod.` prefixes); `optimizer`, `ema` and
+    other objects with `load_state_dict` are restored when both `state` and the file have them; plain entries of
+    the file (`step`, `epoch`, ...) are copied into `state`.
+    """
+    path = os.fspath(path)
+    loaded = _read(path, device)
+    _load_weights(path, state["model"], loaded["model"])
+    for key, value in loaded.items():
+        if key == "model":
+            continue
+        target = state.get(key)
+        if hasattr(target, "load_state_dict"):
+            target.load_state_dict(value)
+        elif key not in ("optimizer", "ema"):
+            state[key] = value
+    for key in ("optimizer", "ema"):
+        if key in state and key not in loaded:
+            logging.warning("checkpoint %s has no %r entry; the %s starts fresh", path, key, key)
+    return state
+
+
+def load_model_weights(path: str | os.PathLike, model: nn.Module, use_ema: bool,
+                       device: str | torch.device) -> int:
+    """Load the weights of checkpoint `path` into `model` for sampling and return the checkpoint's step.
+
+    With `use_ema` the EMA averages replace the raw trainable parameters (buffers come from the raw weights).
+    """
+    path = os.fspath(path)
+    loaded = _read(path, device)
+    _load_weights(path, model, loaded["model"])
+    if use_ema:
+        if "ema" not in loaded:
+            raise ValueError(f"checkpoint {path} has no 'ema' entry; set sampling.use_ema=False to sample with "
+                             "the raw weights")
+        named = [(name, p) for name, p in unwrap_model(model).named_parameters() if p.requires_grad]
+        shadows = loaded["ema"]["shadow_params"]
+        if len(shadows) != len(named):
+            raise RuntimeError(f"checkpoint {path}: the EMA holds {len(shadows)} parameters but the model has "
+                               f"{len(named)} trainable parameters; {_CONFIG_HINT}")
+        for (name, param), shadow in zip(named, shadows):
+            if shadow.shape != param.shape:
+                raise RuntimeError(f"checkpoint {path}: EMA parameter {name} has shape {tuple(shadow.shape)} "
+                                   f"but the model's has {tuple(param.shape)}; {_CONFIG_HINT}")
+        with torch.no_grad():
+            for (_, param), shadow in zip(named, shadows):
+                param.copy_(shadow)
+    return int(loaded.get("step", 0))
