@@ -22,7 +22,7 @@ def save_panel(path: str, zero_filled: np.ndarray, recon: np.ndarray, truth: np.
     vmax = float(truth.max()) or 1.0
     images = [(zero_filled, _title("zero-filled", zf_metrics)), (recon, _title(method, recon_metrics)),
               (truth, "ground truth"), (5 * np.abs(recon - truth), "|error| ×5")]
-    fig, axes = plt.subplots(1, 4, figsize=(13, 3.6))
+    fig, axes = plt.subplots(1, 4, figsize=(13, 3.9))
     for ax, (image, title) in zip(axes, images):
         ax.imshow(image, cmap="gray", vmin=0, vmax=vmax)
         ax.set_title(title, fontsize=9)
@@ -37,7 +37,7 @@ def save_comparison(path: str, rows: list[tuple[str, np.ndarray, dict | None]], 
     """One row of images, one per method (`(name, magnitude [H, W], metrics)`), then the ground truth."""
     vmax = float(truth.max()) or 1.0
     columns = rows + [("ground truth", truth, None)]
-    fig, axes = plt.subplots(1, len(columns), figsize=(3.2 * len(columns), 3.6))
+    fig, axes = plt.subplots(1, len(columns), figsize=(3.2 * len(columns), 3.9))
     for ax, (name, image, metrics) in zip(np.atleast_1d(axes), columns):
         ax.imshow(image, cmap="gray", vmin=0, vmax=vmax)
         ax.set_title(_title(name, metrics), fontsize=9)

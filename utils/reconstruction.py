@@ -40,6 +40,10 @@ FIELDS = ["fname", "slice", "nmse", "psnr", "ssim", "nmse_published", "psnr_publ
           "zf_nmse", "zf_psnr", "zf_ssim", "seconds", "nfe"]
 
 
+def _datashift(config) -> str:
+    return datasets.DATASHIFT_ALIASES.get(config.sampling.datashift, config.sampling.datashift)
+
+
 def is_diffusion(method: str) -> bool:
     return method in sampling.SAMPLERS
 
@@ -67,7 +71,7 @@ def checkpoint_path(config, workdir: str) -> str:
 def setting_name(config) -> str:
     """Folder name of one reconstruction setting: test set, mask, method and its parameters."""
     s = config.sampling
-    parts = [datasets.canonical_datashift(s.datashift), mask_name(s.mask_type, s.acc, s.acs), s.method]
+    parts = [_datashift(config), mask_name(s.mask_type, s.acc, s.acs), s.method]
     if is_diffusion(s.method):
         steps = s.N if s.accelerated_sampling else config.model.num_scales
         snr = s.snr_accelerated if s.accelerated_sampling else s.snr
@@ -91,6 +95,8 @@ def build_reconstructor(config, workdir: str):
     if not is_diffusion(method):
         baseline = BASELINES.get(method)
         return (lambda y, csm, mask, seeds: (baseline(y, csm, mask, config), 0)), method
+    sampling.PREDICTORS.get(config.sampling.predictor)
+    sampling.CORRECTORS.get(config.sampling.corrector)
     sde = sde_lib.get_sde(config)
     model = create_model(config)
     path = checkpoint_path(config, workdir)
@@ -153,7 +159,7 @@ def _write_slice(out, fname, index, recon, zero_filled, truth, row, method, supp
 def reconstruct_loader(config, reconstruct_batch, loader, mask, out: str, method: str) -> list[dict]:
     """Reconstruct every slice of `loader` not yet in `out`; returns the new metric rows."""
     rows, seen, limit = [], 0, config.sampling.max_slices
-    phantom = datasets.canonical_datashift(config.sampling.datashift) == "phantom"
+    phantom = _datashift(config) == "phantom"
     for batch in loader:
         if 0 < limit <= seen:
             break
@@ -232,7 +238,7 @@ def summarize(config, rows: list[dict], volumes: list[dict], description: str) -
     s = config.sampling
     summary = {"method": s.method if not is_diffusion(s.method) else f"{config.training.sde}-{s.method}",
                "description": description, "mask": mask_name(s.mask_type, s.acc, s.acs),
-               "datashift": datasets.canonical_datashift(s.datashift), "n_slices": len(rows)}
+               "datashift": _datashift(config), "n_slices": len(rows)}
     for key in ("nmse", "psnr", "ssim", "nmse_published", "psnr_published", "ssim_published", "zf_nmse",
                 "zf_psnr", "zf_ssim"):
         summary[key] = mean(key)
