@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Reconstruct undersampled k-space with a trained model (or run the bundled demo).
 #
-#   bash test_fastMRI.sh hfssde|vp|ve [extra main.py flags]   e.g. --config.sampling.folder=<run> --config.sampling.ckpt=190
-#   bash test_fastMRI.sh demo [--fast]                         bundled phantom demo: HFS-SDE, VP-SDE and baselines
+#   bash test_fastMRI.sh hfssde|vp|ve [config name] [extra main.py flags]
+#       config name: a file of configs/<method>/ (default ddpm_continuous), e.g. phantom_demo
+#       flags, e.g.: --config.sampling.folder=<run> --config.sampling.ckpt=190 --config.sampling.acc=4
+#   bash test_fastMRI.sh demo [--fast]      the bundled phantom demo: HFS-SDE, VP-SDE and baselines at 4x and 8x
 set -euo pipefail
 cd "$(dirname "$0")"
 
 usage() {
-  echo "usage: bash test_fastMRI.sh hfssde|vp|ve [--config.<group>.<key>=<value> ...]" >&2
+  echo "usage: bash test_fastMRI.sh hfssde|vp|ve [config name] [--config.<group>.<key>=<value> ...]" >&2
   echo "       bash test_fastMRI.sh demo [--fast]" >&2
   exit 2
 }
@@ -16,11 +18,18 @@ usage() {
 method=$1
 shift
 case "$method" in
-  hfssde) config=configs/hfssde/ddpm_continuous.py ;;
-  vp|vpsde) config=configs/vp/ddpm_continuous.py ;;
-  ve|vesde) config=configs/ve/ddpm_continuous.py ;;
+  hfssde) folder=hfssde ;;
+  vp|vpsde) folder=vp ;;
+  ve|vesde) folder=ve ;;
   demo) exec python -m utils.demo "$@" ;;
   *) echo "unknown method '$method'" >&2; usage ;;
 esac
+name=ddpm_continuous
+if [ $# -ge 1 ] && [ "${1#--}" = "$1" ]; then
+  name=${1%.py}
+  shift
+fi
+config=configs/$folder/$name.py
+[ -f "$config" ] || { echo "no config file $config; choose one of: $(ls configs/$folder | grep -v __ | tr '\n' ' ')" >&2; exit 2; }
 
 exec python main.py --mode sample --config "$config" --workdir results "$@"

@@ -1,0 +1,10 @@
+"""VP-SDE demo on 128×128 phantoms, the baseline for the HFS-SDE demo (see configs/phantom_demo.py)."""
+from configs.phantom_demo import get_config as demo_config
+
+
+def get_config():
+    config = demo_config("vpsde")
+    config.sampling.checkpoint = "demo/vpsde_phantom_demo.pth"
+    config.sampling.snr, config.sampling.snr_accelerated = 0.27, 0.43
+    config.sampling.corrector_mse = 2.5
+    return config
