@@ -122,3 +122,15 @@ def test_generate_mask_cli(tmp_path, capsys):
     assert "uniform_acc4_acs8.mat" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         generate_main(["--type", "uniform", "--acs", "8", "--out", str(tmp_path)])
+
+
+def test_shipped_rule_masks_serve_other_sizes():
+    config = get_config()
+    config.data.mask_root = "mask"
+    config.sampling.acs = 24
+    config.sampling.acc = 4
+    got = masks.get_mask(config, "sample")
+    np.testing.assert_array_equal(got[0, 0].numpy(), masks.make_mask("uniform", 32, acc=4, acs=24))
+    config.sampling.mask_type, config.sampling.acc = "random_uniform", 10
+    with pytest.raises(ValueError, match="random_uniform_acc10_acs24.mat is 320×320"):
+        masks.get_mask(config, "sample")

@@ -118,7 +118,9 @@ def get_mask(config, caller: str) -> torch.Tensor:
     """The low-frequency mask (`caller="sde"`, from `training.*`) or the sampling mask (`"sample"`, `sampling.*`).
 
     Loads `<data.mask_root>/<published name>.mat` when it exists, otherwise generates the mask at
-    `data.image_size` (random families seeded by `sampling.mask_seed`).
+    `data.image_size` (random families seeded by `sampling.mask_seed`). A stored mask of another size is replaced
+    by the generated one when it follows a deterministic family's rule exactly (the shipped 320×320 masks serve
+    any image size); any other size mismatch is an error.
 
     Returns:
         float32 tensor `[1, 1, H, W]` on `config.device`.
@@ -132,13 +134,23 @@ def get_mask(config, caller: str) -> torch.Tensor:
         raise ValueError(f"unknown {key}.mask_type {kind!r}; choose one of {list(KINDS)}")
     size = config.data.image_size
     path = os.path.join(config.data.mask_root, mask_name(kind, acc, acs) + ".mat")
+    seed = config.sampling.mask_seed
     if os.path.exists(path):
         mask = load_mask(path)
-        if mask.shape != (size, size):
+        if mask.shape != (size, size) and _follows_rule(mask, kind, acc, acs, seed):
+            mask = make_mask(kind, size, acc=acc, acs=acs, seed=seed)
+        elif mask.shape != (size, size):
             raise ValueError(
                 f"mask file {path} is {mask.shape[0]}×{mask.shape[1]} but data.image_size is {size}; "
                 f"delete it or write one of the right size with "
                 f"`python utils/generate_mask.py --type {kind} --size {size} --acs {acs}`")
     else:
-        mask = make_mask(kind, size, acc=acc, acs=acs, seed=config.sampling.mask_seed)
+        mask = make_mask(kind, size, acc=acc, acs=acs, seed=seed)
     return torch.from_numpy(mask)[None, None].to(config.device)
+
+
+def _follows_rule(mask: np.ndarray, kind: str, acc, acs: int, seed: int) -> bool:
+    """Whether a stored square mask is exactly what `make_mask` gives at its size (then any size may be generated)."""
+    n = mask.shape[0]
+    return mask.shape == (n, n) and kind not in ("cartesian", "random_uniform") and np.array_equal(
+        mask, make_mask(kind, n, acc=acc, acs=acs, seed=seed))
