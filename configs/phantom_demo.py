@@ -32,6 +32,7 @@ def get_config(sde: str):
     sampling.mse, sampling.corrector_mse = 2.5, 0.1
     sampling.datashift = "phantom"
     sampling.batch_size = 4
+    sampling.use_ema = True
 
     data.image_size = 128
     data.root = f"{DEMO_DATA}/train"

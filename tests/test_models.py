@@ -404,3 +404,23 @@ def test_load_model_weights_raw_or_ema(tmp_path):
     save_checkpoint(path, state)
     with pytest.raises(ValueError, match="sampling.use_ema=False"):
         load_model_weights(path, tiny_model(), use_ema=True, device="cpu")
+
+
+def test_export_for_sampling_halves_and_loads(tmp_path):
+    from configs.tiny import get_config
+    from models import create_model
+    from models.ema import ExponentialMovingAverage
+    from utils.checkpoints import export_for_sampling, load_model_weights, save_checkpoint
+    config = get_config()
+    model = create_model(config)
+    ema = ExponentialMovingAverage(model.parameters(), 0.9)
+    save_checkpoint(tmp_path / "full.pth", {"model": model, "ema": ema, "step": 9,
+                                            "optimizer": torch.optim.Adam(model.parameters())})
+    export_for_sampling(tmp_path / "full.pth", tmp_path / "small.pth")
+    small = torch.load(tmp_path / "small.pth", weights_only=True)
+    assert set(small) == {"model", "ema", "step"}
+    assert all(v.dtype == torch.float16 for v in small["model"].values() if v.is_floating_point())
+    fresh = create_model(config)
+    assert load_model_weights(str(tmp_path / "small.pth"), fresh, use_ema=True, device="cpu") == 9
+    for a, b in zip(fresh.parameters(), model.parameters()):
+        assert a.dtype == torch.float32 and torch.allclose(a, b, atol=1e-3, rtol=1e-3)

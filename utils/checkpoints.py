@@ -57,18 +57,40 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
             saved[key] = value.state_dict()
         else:
             saved[key] = value
+    _atomic_save(saved, path)
+
+
+def _atomic_save(obj: Any, path: str) -> None:
+    """`torch.save` into a temp file beside `path`, fsync, rename over `path`."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(saved, f)
+            torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+def export_for_sampling(src: str | os.PathLike, dst: str | os.PathLike, half: bool = True) -> None:
+    """Write the sampling part of a training checkpoint: `{model, ema, step}` without the optimizer state,
+    floating tensors in float16 when `half` (loading casts them back to the network's dtype)."""
+    loaded = _read(src, "cpu")
+
+    def cast(v):
+        if isinstance(v, torch.Tensor) and v.is_floating_point() and half:
+            return v.half()
+        if isinstance(v, dict):
+            return {k: cast(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [cast(x) for x in v]
+        return v
+
+    _atomic_save({k: cast(v) for k, v in loaded.items() if k in ("model", "ema", "step")}, os.fspath(dst))
 
 
 def _read(path: str | os.PathLike, device: str | torch.device) -> dict[str, Any]:
@@ -165,3 +187,20 @@ def load_model_weights(path: str | os.PathLike, model: nn.Module, use_ema: bool,
             for (_, param), shadow in zip(named, shadows):
                 param.copy_(shadow)
     return int(loaded.get("step", 0))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m utils.checkpoints SRC DST [--fp32]`: export a checkpoint for sampling (see `export_for_sampling`)."""
+    import argparse
+    parser = argparse.ArgumentParser(description="Export a training checkpoint for sampling: model + EMA + step, "
+                                     "no optimizer state, float16 unless --fp32.")
+    parser.add_argument("src")
+    parser.add_argument("dst")
+    parser.add_argument("--fp32", action="store_true", help="keep float32 tensors")
+    args = parser.parse_args(argv)
+    export_for_sampling(args.src, args.dst, half=not args.fp32)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
