@@ -25,6 +25,14 @@ class NonFiniteLossError(RuntimeError):
     """Raised before an optimiser step whose loss is NaN or infinite (the model is left untouched)."""
 
 
+def _finite_everywhere(loss: torch.Tensor) -> bool:
+    """Whether the loss is finite on every rank (all ranks then stop together instead of hanging in all-reduce)."""
+    finite = torch.isfinite(loss.detach()).to(torch.int32)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+    return bool(finite)
+
+
 def get_optimizer(config, params) -> torch.optim.Optimizer:
     """The optimiser named by `optim.optimizer` (Adam as published, or AdamW)."""
     name = config.optim.optimizer
@@ -101,8 +109,9 @@ def get_step_fn(sde, train: bool, optimize_fn=None, reduce_mean: bool = True, co
             optimizer.zero_grad(set_to_none=True)
             with autocast(batch.device.type):
                 loss = loss_fn(model, batch)
-            if not torch.isfinite(loss):
-                raise NonFiniteLossError(f"the training loss became {loss.item()} at step {state['step']}")
+            if not _finite_everywhere(loss):
+                raise NonFiniteLossError(f"the training loss became {loss.item()} at step {state['step']} "
+                                         "(on this process or another rank)")
             loss.backward()
             grad_norm = optimize_fn(optimizer, model.parameters(), step=state["step"])
             state["step"] += 1

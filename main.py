@@ -31,7 +31,9 @@ def parse_flags(argv):
     except flags.Error as err:
         text = str(err)
     except (AttributeError, KeyError) as err:
-        override = next((a.split("=")[0] for a in argv if a.startswith("--config.")), "--config.*")
+        leaf = re.search(r"'([^'\\]+)", str(err))
+        overrides = [a.split("=")[0] for a in argv if a.startswith("--config.")]
+        override = next((o for o in overrides if leaf and f".{leaf.group(1)}." in o + "."), "--config.*")
         hint = re.search(r'Did you mean "([^"]+)"', str(err))
         text = f"unknown config key in {override}" + (f' (did you mean "{hint.group(1)}"?)' if hint else "")
     sys.exit(f"main.py: {text}\nRun `python main.py --helpfull` for the flags; config keys are listed in "

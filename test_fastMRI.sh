@@ -7,6 +7,7 @@
 #   bash test_fastMRI.sh demo [--fast]      the bundled phantom demo: HFS-SDE, VP-SDE and baselines at 4x and 8x
 set -euo pipefail
 cd "$(dirname "$0")"
+source utils/config_path.sh
 
 usage() {
   echo "usage: bash test_fastMRI.sh hfssde|vp|ve [config name] [--config.<group>.<key>=<value> ...]" >&2
@@ -17,19 +18,12 @@ usage() {
 [ $# -ge 1 ] || usage
 method=$1
 shift
-case "$method" in
-  hfssde) folder=hfssde ;;
-  vp|vpsde) folder=vp ;;
-  ve|vesde) folder=ve ;;
-  demo) exec python -m utils.demo "$@" ;;
-  *) echo "unknown method '$method'" >&2; usage ;;
-esac
-name=ddpm_continuous
+[ "$method" = demo ] && exec python -m utils.demo "$@"
+name=
 if [ $# -ge 1 ] && [ "${1#--}" = "$1" ]; then
-  name=${1%.py}
+  name=$1
   shift
 fi
-config=configs/$folder/$name.py
-[ -f "$config" ] || { echo "no config file $config; choose one of: $(ls configs/$folder | grep -v __ | tr '\n' ' ')" >&2; exit 2; }
+config=$(config_path "$method" "$name") || usage
 
 exec python main.py --mode sample --config "$config" --workdir results "$@"

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Train a score model on the training set of the config (data.root; the phantom set by default).
 #
-#   bash train_fastMRI.sh hfssde|vp|ve [extra main.py flags]     e.g. --config.training.batch_size=4
+#   bash train_fastMRI.sh hfssde|vp|ve [config name] [extra main.py flags]
+#       config name: a file of configs/<method>/ (default ddpm_continuous), e.g. phantom_demo
+#       flags, e.g. --config.training.batch_size=4
 #
 # Runs from the repository folder; a new run goes to results/<timestamp>_<model>_<sde>_..., and the same command
 # resumes an unfinished run of the same config (or pass --workdir results/<run> to resume that run).
@@ -9,9 +11,10 @@
 # choose the GPUs with CUDA_VISIBLE_DEVICES. Multi-node: call torchrun yourself (see README.md).
 set -euo pipefail
 cd "$(dirname "$0")"
+source utils/config_path.sh
 
 usage() {
-  echo "usage: bash train_fastMRI.sh hfssde|vp|ve [--workdir <folder>] [--config.<group>.<key>=<value> ...]" >&2
+  echo "usage: bash train_fastMRI.sh hfssde|vp|ve [config name] [--workdir <folder>] [--config.<group>.<key>=<value> ...]" >&2
   echo "       (vpsde and vesde are accepted for vp and ve; NPROC=K trains with K processes via torchrun)" >&2
   exit 2
 }
@@ -19,12 +22,12 @@ usage() {
 [ $# -ge 1 ] || usage
 method=$1
 shift
-case "$method" in
-  hfssde) config=configs/hfssde/ddpm_continuous.py ;;
-  vp|vpsde) config=configs/vp/ddpm_continuous.py ;;
-  ve|vesde) config=configs/ve/ddpm_continuous.py ;;
-  *) echo "unknown method '$method'" >&2; usage ;;
-esac
+name=
+if [ $# -ge 1 ] && [ "${1#--}" = "$1" ]; then
+  name=$1
+  shift
+fi
+config=$(config_path "$method" "$name") || usage
 
 nproc=${NPROC:-$(python -c "import torch; print(torch.cuda.device_count())")}
 if [ "$nproc" -gt 1 ]; then

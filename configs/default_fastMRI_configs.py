@@ -14,15 +14,16 @@ def get_default_configs() -> ml_collections.ConfigDict:
     # Training.
     config.training = training = ml_collections.ConfigDict()
     training.sde = "hfssde"  # hfssde | vpsde | vesde | subvpsde
-    training.batch_size = 16
+    training.batch_size = 16  # per process (torchrun with K processes trains with K × batch_size)
     training.epochs = 1000
     training.n_iters = 0  # stop after this many steps when > 0 (otherwise after `epochs`)
-    training.snapshot_freq = 50000
+    # Frequencies in steps (epochs for epoch_snapshot_freq); a value <= 0 turns that action off.
+    training.snapshot_freq = 50000  # checkpoints/checkpoint_step_{step}.pth
     training.epoch_snapshot_freq = 5  # checkpoints/checkpoint_{epoch}.pth every this many epochs
     training.log_freq = 50
     training.eval_freq = 100
-    training.snapshot_freq_for_preemption = 10000
-    training.snapshot_sampling = False
+    training.snapshot_freq_for_preemption = 10000  # checkpoints-meta/checkpoint.pth, the resume point
+    training.snapshot_sampling = False  # log a reconstruction of one validation slice (sampling.* settings)
     training.likelihood_weighting = False
     training.continuous = True
     training.reduce_mean = True

@@ -5,5 +5,4 @@ from configs.phantom_demo import get_config as demo_config
 def get_config():
     config = demo_config("hfssde")
     config.sampling.checkpoint = "demo/hfssde_phantom_demo.pth"
-    config.sampling.snr, config.sampling.snr_accelerated = 0.16, 0.32
     return config

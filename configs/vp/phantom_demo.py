@@ -5,6 +5,4 @@ from configs.phantom_demo import get_config as demo_config
 def get_config():
     config = demo_config("vpsde")
     config.sampling.checkpoint = "demo/vpsde_phantom_demo.pth"
-    config.sampling.snr, config.sampling.snr_accelerated = 0.27, 0.43
-    config.sampling.corrector_mse = 2.5
     return config
