@@ -9,11 +9,13 @@ projects it onto high-frequency space for HFS-SDE). Data consistency is a term c
 """
 from __future__ import annotations
 
+import weakref
+
 import torch
 from tqdm.auto import trange
 
 from utils.common import Registry, append_dims
-from utils.mri import c2r, r2c, sense_adjoint, sense_forward
+from utils.mri import c2r, r2c, sense_adjoint, sense_normal
 
 PREDICTORS = Registry("predictor")
 CORRECTORS = Registry("corrector")
@@ -24,10 +26,32 @@ def _norm(v: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(v.flatten(1), dim=1)
 
 
+class _AdjointData:
+    """`Aᴴy` of the last measurement seen: a sampler passes the same tensors every step, so it is computed once.
+
+    The cache holds weak references to `(y, csm, mask)` and their in-place version counters, so a new or modified
+    tensor (even at a reused address) is never served a stale value.
+    """
+
+    refs, versions, value = (), (), None
+
+    @classmethod
+    def get(cls, y, csm, mask) -> torch.Tensor:
+        inputs = (y, csm, mask)
+        versions = tuple(getattr(t, "_version", None) for t in inputs)
+        alive = [r() for r in cls.refs]
+        if len(alive) != 3 or any(a is not t for a, t in zip(alive, inputs)) or versions != cls.versions:
+            cls.refs = tuple(weakref.ref(t) if isinstance(t, torch.Tensor) else (lambda t=t: t) for t in inputs)
+            cls.versions, cls.value = versions, sense_adjoint(y, csm, mask)
+        return cls.value
+
+
 def data_consistency(x, y, csm, mask, score, weight: float) -> torch.Tensor:
-    """`Aᴴ(A x − y)` as a real `[B, 2, H, W]` image, rescaled per sample to `weight · ‖score‖`."""
-    residual = sense_forward(r2c(x), csm, mask) - y
-    d = c2r(sense_adjoint(residual, csm, mask))
+    """`Aᴴ(A x − y) = AᴴA x − Aᴴy` as a real `[B, 2, H, W]` image, rescaled per sample to `weight · ‖score‖`.
+
+    `y` is taken as measured, i.e. zero off the mask (`M y = y`).
+    """
+    d = c2r(sense_normal(r2c(x), csm, mask) - _AdjointData.get(y, csm, mask))
     scale = weight * _norm(score) / _norm(d).clamp_min(torch.finfo(d.dtype).tiny)
     return d * append_dims(scale, d.ndim)
 

@@ -103,3 +103,24 @@ def test_rss_and_center_crop():
     np.testing.assert_array_equal(mri.center_crop(torch.from_numpy(a), (4, 4)).numpy(), a[1:5, 2:6])
     with pytest.raises(ValueError, match="larger than the image"):
         mri.center_crop(torch.from_numpy(a), (8, 4))
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_sense_normal_equals_adjoint_of_forward(shape):
+    x, csm, mask, _ = _problem(shape, seed=2)
+    t = lambda a: torch.from_numpy(a.astype(np.complex64)).to(torch.complex128)  # noqa: E731
+    m = torch.from_numpy(mask).double()
+    expected = mri.sense_adjoint(mri.sense_forward(t(x), t(csm), m), t(csm), m)
+    assert torch.allclose(mri.sense_normal(t(x), t(csm), m), expected, atol=1e-10)
+    assert torch.allclose(mri.sense_normal(t(x), t(csm), m[None, None]), expected, atol=1e-10)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_kspace_filter_matches_numpy(shape):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 2) + shape)
+    mask = (rng.random(shape) < 0.4).astype(np.float64)
+    k = _np_fft2c(x[:, 0] + 1j * x[:, 1])
+    expected = _np_ifft2c(mask * k)
+    got = mri.kspace_filter(torch.from_numpy(x), torch.from_numpy(mask))
+    np.testing.assert_allclose(got.numpy(), np.stack([expected.real, expected.imag], 1), atol=1e-12)

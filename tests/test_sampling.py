@@ -257,3 +257,15 @@ def test_unknown_predictor_and_corrector():
     config.sampling.predictor, config.sampling.corrector = "euler_maruyama", "ald"
     with pytest.raises(ValueError, match="unknown corrector 'ald'"):
         sampling.pc_sampler(config, sde, torch_score, yt, csmt, maskt, sampling.SampleNoise([0, 1], "cpu"))
+
+
+def test_data_consistency_never_reuses_a_stale_adjoint():
+    x, csm, mask, y, _, _ = problem(8)
+    xt, csmt, maskt, yt = torchify(x, csm, mask, y)
+    g = torch.randn_like(xt)
+    first = sampling.data_consistency(xt, yt, csmt, maskt, g, 1.0)
+    yt.mul_(2)
+    changed = sampling.data_consistency(xt, yt, csmt, maskt, g, 1.0)
+    fresh = sampling.data_consistency(xt, yt.clone(), csmt, maskt, g, 1.0)
+    assert not torch.allclose(first, changed)
+    assert torch.allclose(changed, fresh, atol=1e-6)

@@ -25,7 +25,7 @@ import torch
 from sigpy.mri.app import L1WaveletRecon
 
 from utils.common import Registry, append_dims
-from utils.mri import sense_adjoint, sense_forward
+from utils.mri import sense_adjoint, sense_normal
 
 Baseline = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, ml_collections.ConfigDict], torch.Tensor]
 BASELINES: Registry[Baseline] = Registry("baseline method")
@@ -108,7 +108,7 @@ def sense(y: torch.Tensor, csm: torch.Tensor, mask: torch.Tensor,
     mask = mask.to(y.device)
 
     def normal_op(x: torch.Tensor) -> torch.Tensor:
-        return sense_adjoint(sense_forward(x, csm, mask), csm, mask)
+        return sense_normal(x, csm, mask)
 
     return conjugate_gradient(normal_op, sense_adjoint(y, csm, mask), num_iters)
 

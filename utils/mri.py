@@ -53,12 +53,31 @@ def sense_adjoint(y: torch.Tensor, csm: torch.Tensor, mask: torch.Tensor) -> tor
     return torch.sum(csm.conj() * ifft2c(mask * y), dim=1, keepdim=True)
 
 
+def uncentre_mask(mask: torch.Tensor) -> torch.Tensor:
+    """`ifftshift` of a centred k-space mask over its last two (or only) dimensions: the mask in FFT order."""
+    if not isinstance(mask, torch.Tensor) or mask.numel() == 1:
+        return mask
+    return torch.fft.ifftshift(mask, dim=_DIMS if mask.ndim >= 2 else (-1,))
+
+
+def sense_normal(x: torch.Tensor, csm: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Normal operator `AᴴA x = Σ_c conj(S_c) ⊙ F⁻¹(M ⊙ F(S_c ⊙ x))`: complex `[B, 1, H, W]` → `[B, 1, H, W]`.
+
+    Computed without centring shifts: `F⁻¹ M F` is a circular convolution, which commutes with the circular shifts
+    of the centred transforms, so only the (small) mask is shifted. Equal to `sense_adjoint(sense_forward(...))`.
+    """
+    k = torch.fft.fft2(csm * x, norm="ortho")
+    return torch.sum(csm.conj() * torch.fft.ifft2(uncentre_mask(mask) * k, norm="ortho"), dim=1, keepdim=True)
+
+
 def kspace_filter(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """`F⁻¹(mask ⊙ F x)` on a real 2-channel image `[B, 2, H, W]`, returned in the same layout.
 
-    With `mask = 1 − M_lf` this is the high-pass projector `M̂` of HFS-SDE (an orthogonal projector).
+    With `mask = 1 − M_lf` this is the high-pass projector `M̂` of HFS-SDE (an orthogonal projector). Like
+    `sense_normal`, it needs no centring shifts of the image.
     """
-    return c2r(ifft2c(mask * fft2c(r2c(x))))
+    k = torch.fft.fft2(r2c(x), norm="ortho")
+    return c2r(torch.fft.ifft2(uncentre_mask(mask) * k, norm="ortho"))
 
 
 def rss(x: torch.Tensor, dim: int = 1) -> torch.Tensor:
