@@ -30,7 +30,8 @@ class _AdjointData:
     """`Aᴴy` of the last measurement seen: a sampler passes the same tensors every step, so it is computed once.
 
     The cache holds weak references to `(y, csm, mask)` and their in-place version counters, so a new or modified
-    tensor (even at a reused address) is never served a stale value.
+    tensor (even at a reused address) is never served a stale value. Inference-mode tensors, which have no version
+    counter, are never cached (run samplers under `torch.no_grad()`, as they are by default).
     """
 
     refs, versions, value = (), (), None
@@ -38,6 +39,8 @@ class _AdjointData:
     @classmethod
     def get(cls, y, csm, mask) -> torch.Tensor:
         inputs = (y, csm, mask)
+        if any(isinstance(t, torch.Tensor) and t.is_inference() for t in inputs):
+            return sense_adjoint(y, csm, mask)  # inference tensors have no version counter: no caching
         versions = tuple(getattr(t, "_version", None) for t in inputs)
         alive = [r() for r in cls.refs]
         if len(alive) != 3 or any(a is not t for a, t in zip(alive, inputs)) or versions != cls.versions:

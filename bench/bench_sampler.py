@@ -66,7 +66,7 @@ def measure(config, batch: int, coils: int, repeats: int) -> dict:
         x1, _ = corrector(sde, score_fn, x, t, y, csm, mask, snr=snr, weight=s.corrector_mse, noise=noise(x.shape))
         predictor(sde, score_fn, x1, t, y, csm, mask, weight=s.mse, noise=noise(x.shape), num_steps=steps)
 
-    with torch.inference_mode():
+    with torch.no_grad():
         t_forward = timed(forward, device, repeats)
         t_step = timed(pc_step, device, repeats)
     return {"batch": batch, "forward_s": t_forward, "step_s": t_step, "ratio": t_step / (2 * t_forward),

@@ -269,3 +269,14 @@ def test_data_consistency_never_reuses_a_stale_adjoint():
     fresh = sampling.data_consistency(xt, yt.clone(), csmt, maskt, g, 1.0)
     assert not torch.allclose(first, changed)
     assert torch.allclose(changed, fresh, atol=1e-6)
+
+
+def test_data_consistency_accepts_inference_tensors():
+    x, csm, mask, y, _, _ = problem(9)
+    xt, csmt, maskt, yt = torchify(x, csm, mask, y)
+    g = torch.randn_like(xt)
+    expected = sampling.data_consistency(xt, yt, csmt, maskt, g, 1.0)
+    with torch.inference_mode():
+        inference = [t.clone() for t in (xt, yt, csmt, maskt, g)]
+        got = sampling.data_consistency(*inference[:4], inference[4], 1.0)
+    assert torch.allclose(got, expected, atol=1e-6)

@@ -257,7 +257,7 @@ def reconstruct(config, workdir: str) -> dict:
     out = output_folder(config, workdir)
     os.makedirs(out, exist_ok=True)
     logging.info("reconstructing %s with %s into %s", config.sampling.datashift, description, out)
-    with torch.inference_mode():
+    with torch.no_grad():
         reconstruct_loader(config, reconstruct_batch, loader, mask, out, config.sampling.method)
     rows = read_rows(os.path.join(out, "metrics.csv"))
     if not rows:
