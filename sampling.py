@@ -192,13 +192,14 @@ def ode_sampler(config, sde, score_fn, y, csm, mask, noise, show_progress: bool 
     steps, _ = sampling_schedule(config, sde)
     counted = CountedScore(score_fn)
     x = initial_state(sde, y, csm, noise)
+    flow = sde.reverse(counted, probability_flow=True)
     timesteps = torch.linspace(sde.T, s.eps, steps + 1, device=x.device)
     for i in trange(steps, disable=not show_progress, desc="ODE sampling", leave=False):
         t = timesteps[i].expand(x.shape[0])
         dt = timesteps[i + 1] - timesteps[i]
         g = counted(x, t)
         d = data_consistency(x, y, csm, mask, g, s.mse)
-        drift, _ = sde.reverse(counted, probability_flow=True).sde(x, t, score=g - d)
+        drift, _ = flow.sde(x, t, score=g - d)
         x = x + drift * dt
     return x, counted.nfe
 
