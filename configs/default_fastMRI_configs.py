@@ -65,6 +65,8 @@ def get_default_configs() -> ml_collections.ConfigDict:
     sampling.checkpoint = ""  # explicit checkpoint file; overrides folder/ckpt
     sampling.output_dir = ""  # where reconstructions go; empty: <workdir>/<folder>/samples/<setting>
     sampling.use_ema = False  # the published reconstructions use the raw weights
+    sampling.bf16 = False  # run the network under bf16 autocast (CUDA only)
+    sampling.compile = False  # torch.compile the network (CUDA only; the first slices include the compilation)
     sampling.seed = 0
     sampling.max_slices = 0  # reconstruct at most this many slices when > 0
     sampling.show_progress = True

@@ -123,3 +123,11 @@ def test_main_prints_one_line_for_a_missing_checkpoint(tmp_path):
                              "--workdir", str(tmp_path)], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode != 0
     assert "main.py: error: no checkpoint at" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_cuda_speed_options_are_ignored_on_cpu(setup, caplog):
+    config, workdir = setup
+    config.sampling.bf16 = config.sampling.compile = True
+    summary = reconstruct(config, workdir)
+    assert summary["n_slices"] == 4
+    assert "sampling.bf16=True needs CUDA" in caplog.text and "sampling.compile=True needs CUDA" in caplog.text

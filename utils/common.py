@@ -1,6 +1,7 @@
 """Small helpers used across the package: a name registry, broadcasting, seeding."""
 from __future__ import annotations
 
+import logging
 import random
 from typing import Callable, Generic, TypeVar
 
@@ -47,3 +48,15 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def cuda_speed_options(config, group: str) -> tuple[bool, bool]:
+    """`(bf16, compile)` of `config.<group>`, switched off with a warning when `config.device` is not CUDA."""
+    options = getattr(config, group)
+    bf16, compile_ = bool(options.bf16), bool(options.compile)
+    if not str(config.device).startswith("cuda"):
+        for key, on in ((f"{group}.bf16", bf16), (f"{group}.compile", compile_)):
+            if on:
+                logging.warning("%s=True needs CUDA (config.device=%r); it is ignored", key, config.device)
+        return False, False
+    return bf16, compile_

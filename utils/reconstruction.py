@@ -32,6 +32,7 @@ from models import create_model, get_score_fn
 from utils import metrics
 from utils.baselines import BASELINES
 from utils.checkpoints import load_model_weights
+from utils.common import cuda_speed_options
 from utils.figures import save_panel
 from utils.masks import get_mask, mask_name
 from utils.mri import r2c, sense_adjoint
@@ -102,7 +103,11 @@ def build_reconstructor(config, workdir: str):
     path = checkpoint_path(config, workdir)
     step = load_model_weights(path, model, config.sampling.use_ema, config.device)
     model.eval()
-    score_fn = get_score_fn(sde, model, train=False, continuous=config.training.continuous)
+    bf16, compile_ = cuda_speed_options(config, "sampling")
+    score_fn = get_score_fn(sde, torch.compile(model) if compile_ else model, train=False,
+                            continuous=config.training.continuous)
+    if bf16:
+        score_fn = _bf16(score_fn)
     sampler = sampling.SAMPLERS[method]
     _check_low_frequencies_measured(config, sde)
 
@@ -112,6 +117,14 @@ def build_reconstructor(config, workdir: str):
         return r2c(x), nfe
 
     return reconstruct_batch, f"{method} with {path} (step {step})"
+
+
+def _bf16(score_fn):
+    """The score function under bfloat16 autocast, returning float32."""
+    def score(x, t):
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16):
+            return score_fn(x, t).float()
+    return score
 
 
 def _check_low_frequencies_measured(config, sde) -> None:

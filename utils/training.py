@@ -63,7 +63,7 @@ import sampling
 import sde_lib
 from models.ema import ExponentialMovingAverage
 from utils import checkpoints, metrics
-from utils.common import seed_everything
+from utils.common import cuda_speed_options, seed_everything
 from utils.masks import get_mask
 from utils.mri import c2r, r2c, sense_adjoint
 
@@ -310,17 +310,6 @@ def _all_rng_states(ctx: _Dist) -> list[dict]:
 
 
 # ---- model ------------------------------------------------------------------------------------------------------
-def _speed_options(config, ctx: _Dist) -> tuple[bool, bool]:
-    """`(bf16, compile)` as requested, switched off with a warning where CUDA is absent."""
-    bf16, compile_ = config.training.bf16, config.training.compile
-    if ctx.device.type != "cuda":
-        for key, on in (("training.bf16", bf16), ("training.compile", compile_)):
-            if on:
-                logging.warning("%s=True needs CUDA (config.device=%r); it is ignored", key, config.device)
-        return False, False
-    return bf16, compile_
-
-
 def _build_model(config, ctx: _Dist, compile_: bool):
     """`(network, training module)`: the bare network and its DDP / torch.compile wrapping for training."""
     model = models.create_model(config).to(ctx.device)
@@ -367,7 +356,7 @@ class _TrainLoop:
         self.base_loader = datasets.get_dataset(config, "train")
         self.batch_size = config.training.batch_size
         self.steps_per_epoch = len(self._loader(0, 0))
-        bf16, compile_ = _speed_options(config, ctx)
+        bf16, compile_ = cuda_speed_options(config, "training")
         self.model, self.train_model = _build_model(config, ctx, compile_)
         optimizer = losses.get_optimizer(config, self.train_model.parameters())
         ema = ExponentialMovingAverage(self.train_model.parameters(), decay=config.model.ema_rate)
