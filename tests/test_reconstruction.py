@@ -131,3 +131,13 @@ def test_cuda_speed_options_are_ignored_on_cpu(setup, caplog):
     summary = reconstruct(config, workdir)
     assert summary["n_slices"] == 4
     assert "sampling.bf16=True needs CUDA" in caplog.text and "sampling.compile=True needs CUDA" in caplog.text
+
+
+def test_a_folder_of_another_setting_is_never_reused(setup):
+    config, workdir = setup
+    reconstruct(config, workdir)
+    config.sampling.batch_size, config.sampling.max_slices = 1, 2
+    assert reconstruct(config, workdir)["n_slices"] == 4
+    config.sampling.snr_accelerated = 0.5
+    with pytest.raises(ValueError, match=r"another setting \(differs in sampling.snr_accelerated\)"):
+        reconstruct(config, workdir)

@@ -4,8 +4,9 @@ baselines, print a table and write the figures.
     bash test_fastMRI.sh demo            # = python -m utils.demo
     bash test_fastMRI.sh demo --fast     # smoke test: one slice, 10 sampling steps
 
-Outputs go to `results/demo/` (`--out`): one folder per method and acceleration with the usual reconstruction
-outputs (utils/reconstruction.py), `table.md`, `summary.json` and `comparison_acc{R}.png`.
+Outputs go to `results/demo/` (`results/demo_fast/` with `--fast`; `--out` to change): one folder per method and
+acceleration with the usual reconstruction outputs (utils/reconstruction.py), `table.md`, `summary.json` and
+`comparison_acc{R}.png`.
 """
 from __future__ import annotations
 
@@ -77,9 +78,10 @@ def figures(rows: list[dict], out: str) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="results/demo", help="output folder (default results/demo)")
+    parser.add_argument("--out", help="output folder (default results/demo, or results/demo_fast with --fast)")
     parser.add_argument("--fast", action="store_true", help="one slice and 10 sampling steps (smoke test)")
     args = parser.parse_args(argv)
+    args.out = args.out or ("results/demo_fast" if args.fast else "results/demo")
     absl_logging.set_verbosity(absl_logging.WARNING)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
 

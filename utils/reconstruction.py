@@ -8,7 +8,9 @@ Outputs, in one folder per setting (`sampling.output_dir`, or `<workdir>/<sampli
     metrics.csv                one row per slice, both metric conventions (utils/metrics.py) and seconds
     volumes.csv                fastMRI per-volume metrics
     summary.json               means over slices, NFE, seconds per slice, method, mask
-A rerun with the same setting skips the slices whose `.mat` file exists.
+    setting.json               the config that made them
+A rerun with the same setting skips the slices whose `.mat` file exists; a folder holding another setting's results
+(other than batch size, slice limit or speed options) is refused rather than mixed.
 """
 from __future__ import annotations
 
@@ -76,7 +78,8 @@ def setting_name(config) -> str:
     if is_diffusion(s.method):
         steps = s.N if s.accelerated_sampling else config.model.num_scales
         snr = s.snr_accelerated if s.accelerated_sampling else s.snr
-        parts += [config.training.sde, s.predictor, s.corrector, f"N{steps}", f"snr{snr:g}", f"mse{s.mse:g}",
+        ckpt = os.path.splitext(os.path.basename(s.checkpoint))[0] if s.checkpoint else f"ckpt{s.ckpt}"
+        parts += [config.training.sde, ckpt, s.predictor, s.corrector, f"N{steps}", f"snr{snr:g}", f"mse{s.mse:g}",
                   f"cmse{s.corrector_mse:g}", "ema" if s.use_ema else "raw", f"seed{s.seed}"]
         if s.project_score:
             parts.append("projscore")
@@ -262,13 +265,52 @@ def summarize(config, rows: list[dict], volumes: list[dict], description: str) -
     return summary
 
 
+# Keys that do not change a slice's reconstruction: a rerun may differ in them and still resume the folder.
+_FREE_KEYS = {"batch_size", "max_slices", "show_progress", "output_dir", "bf16", "compile"}
+
+
+def _setting(config) -> dict:
+    setting = json.loads(config.to_json_best_effort())
+    setting["sampling"] = {k: v for k, v in setting["sampling"].items() if k not in _FREE_KEYS}
+    setting.pop("device", None)
+    return setting
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    """`{"group.key": value}` of a nested dict."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def claim_output_folder(config, out: str) -> None:
+    """Create `out`, or check that the results already in it come from the same setting (`setting.json`)."""
+    path = os.path.join(out, "setting.json")
+    current = json.loads(json.dumps(_setting(config)))
+    if not os.path.exists(path):
+        os.makedirs(out, exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(current, f, indent=1)
+        return
+    with open(path) as f:
+        saved, now = _flat(json.load(f)), _flat(current)
+    changed = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
+    if changed:
+        raise ValueError(f"{out} holds reconstructions of another setting (differs in {', '.join(changed)}); give a "
+                         f"new sampling.output_dir or delete the folder to redo it")
+
+
 def reconstruct(config, workdir: str) -> dict:
     """Reconstruct the `sampling.datashift` test set; returns the summary (also written as summary.json)."""
     reconstruct_batch, description = build_reconstructor(config, workdir)
     mask = get_mask(config, "sample")
     loader = datasets.get_dataset(config, "test")
     out = output_folder(config, workdir)
-    os.makedirs(out, exist_ok=True)
+    claim_output_folder(config, out)
     logging.info("reconstructing %s with %s into %s", config.sampling.datashift, description, out)
     with torch.no_grad():
         reconstruct_loader(config, reconstruct_batch, loader, mask, out, config.sampling.method)
