@@ -45,10 +45,10 @@ def main(argv):
     config = FLAGS.config
     try:
         if FLAGS.mode == "train":
-            from utils.training import train
+            from runners.train import train
             train(config, FLAGS.workdir)
         else:
-            from utils.reconstruction import reconstruct
+            from runners.reconstruct import reconstruct
             reconstruct(config, FLAGS.workdir)
     except USER_ERRORS as err:
         if os.environ.get("HFS_TRACEBACK"):

@@ -18,7 +18,7 @@ usage() {
 [ $# -ge 1 ] || usage
 method=$1
 shift
-[ "$method" = demo ] && exec python -m utils.demo "$@"
+[ "$method" = demo ] && exec python -m runners.demo "$@"
 name=
 if [ $# -ge 1 ] && [ "${1#--}" = "$1" ]; then
   name=$1

@@ -9,7 +9,7 @@ update (`losses.get_step_fn`), timed on a fixed batch already on the device afte
 exclude data loading; the cost does not depend on the image content). The paper config is
 `configs/hfssde/ddpm_continuous.py` (DDPM, nf 128, 320×320) at batch 1; tiny is `configs/tiny.py` (nf 32, 32×32,
 batch 2).
-`--loop` also trains the tiny config through `utils.training.train` on a generated 32×32 phantom set and reads the
+`--loop` also trains the tiny config through `runners.train.train` on a generated 32×32 phantom set and reads the
 loop's own images/s from TensorBoard: data loading and bookkeeping show as its ratio to the bare step.
 Ratios: each mode against fp32 of the same config, and paper against tiny.
 """
@@ -92,10 +92,10 @@ def time_step(config, warmup: int, steps: int) -> float:
 
 
 def loop_images_per_s(device: str, steps: int) -> float:
-    """Images/s that `utils.training.train` reports for the tiny config on a generated phantom set."""
+    """Images/s that `runners.train.train` reports for the tiny config on a generated phantom set."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from utils.training import train
+    from runners.train import train
 
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run([sys.executable, os.path.join(ROOT, "data_prepare", "generate_smaps_phantom.py"), "--out",

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from utils import demo
+from runners import demo
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -15,7 +15,7 @@ from configs.tiny import get_config
 from models import create_model
 from models.ema import ExponentialMovingAverage
 from utils.checkpoints import save_checkpoint
-from utils.reconstruction import reconstruct
+from runners.reconstruct import reconstruct
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -15,7 +15,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import losses
 from configs.tiny import get_config
-from utils.training import META_CHECKPOINT, train
+from runners.run_folder import META_CHECKPOINT
+from runners.train import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCALARS = {"train/loss", "train/lr", "train/grad_norm", "train/images_per_s", "eval/loss"}

@@ -1,11 +1,11 @@
 """The bundled demo: reconstruct the phantom test slices at 4× and 8× with HFS-SDE, VP-SDE and the classical
 baselines, print a table and write the figures.
 
-    bash test_fastMRI.sh demo            # = python -m utils.demo
+    bash test_fastMRI.sh demo            # = python -m runners.demo
     bash test_fastMRI.sh demo --fast     # smoke test: one slice, 10 sampling steps
 
 Outputs go to `results/demo/` (`results/demo_fast/` with `--fast`; `--out` to change): one folder per method and
-acceleration with the usual reconstruction outputs (utils/reconstruction.py), `table.md`, `summary.json` and
+acceleration with the usual reconstruction outputs (runners/reconstruct.py), `table.md`, `summary.json` and
 `comparison_acc{R}.png`.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ from absl import logging as absl_logging
 from configs.hfssde.phantom_demo import get_config as hfs_config
 from configs.vp.phantom_demo import get_config as vp_config
 from utils.figures import save_comparison
-from utils.reconstruction import reconstruct
+from runners.reconstruct import reconstruct
 
 ACCELERATIONS = (4, 8)
 # (label, config factory, sampling.method)

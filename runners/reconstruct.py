@@ -14,33 +14,27 @@ A rerun with the same setting skips the slices whose `.mat` file exists; a folde
 """
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import os
 import time
 import zlib
 
-import h5py
 import numpy as np
-import scipy.io
 import torch
 from scipy.ndimage import binary_fill_holes
 
 import datasets
 import sampling
 import sde_lib
+from baselines import BASELINES
 from models import create_model, get_score_fn
+from runners import outputs
 from utils import metrics
-from utils.baselines import BASELINES
 from utils.checkpoints import load_model_weights
 from utils.common import cuda_speed_options
-from utils.figures import save_panel
 from utils.masks import get_mask, mask_name
 from utils.mri import r2c, sense_adjoint
-
-FIELDS = ["fname", "slice", "nmse", "psnr", "ssim", "nmse_published", "psnr_published", "ssim_published",
-          "zf_nmse", "zf_psnr", "zf_ssim", "seconds", "nfe"]
 
 
 def _datashift(config) -> str:
@@ -153,23 +147,11 @@ def object_support(truth: np.ndarray) -> np.ndarray:
     return binary_fill_holes(truth > 0.02 * truth.max())
 
 
-def _done(out: str, fname: str, index: int) -> bool:
-    return os.path.exists(os.path.join(out, f"recon_{fname}_{index}.mat"))
-
-
 def _check_sizes(mask: torch.Tensor, kspace: torch.Tensor, config) -> None:
     if tuple(mask.shape[-2:]) != tuple(kspace.shape[-2:]):
         raise ValueError(f"the sampling mask {mask_name(config.sampling.mask_type, config.sampling.acc, config.sampling.acs)} "
                          f"is {tuple(mask.shape[-2:])} but the test k-space is {tuple(kspace.shape[-2:])}; set "
                          f"data.image_size to the data's size or give a mask of that size")
-
-
-def _write_slice(out, fname, index, recon, zero_filled, truth, row, method, support):
-    scipy.io.savemat(os.path.join(out, f"recon_{fname}_{index}.mat"),
-                     {"recon": recon, "zero_filled": zero_filled, "ground_truth": truth}, do_compression=True)
-    zf = {"psnr": row["zf_psnr"], "ssim": row["zf_ssim"]}
-    save_panel(os.path.join(out, f"{fname}_{index}.png"), np.abs(zero_filled), np.abs(recon) * support,
-               np.abs(truth), zf, row, method)
 
 
 def reconstruct_loader(config, reconstruct_batch, loader, mask, out: str, method: str) -> list[dict]:
@@ -180,7 +162,8 @@ def reconstruct_loader(config, reconstruct_batch, loader, mask, out: str, method
         if 0 < limit <= seen:
             break
         keys = list(zip(batch["fname"], batch["slice"].tolist()))
-        keep = [i for i, (f, s) in enumerate(keys) if not _done(out, f, s) and (limit <= 0 or seen + i < limit)]
+        keep = [i for i, (f, s) in enumerate(keys)
+                if not outputs.is_done(out, f, s) and (limit <= 0 or seen + i < limit)]
         seen += len(keys)
         if not keep:
             continue
@@ -205,48 +188,12 @@ def reconstruct_loader(config, reconstruct_batch, loader, mask, out: str, method
             row = {"fname": fname, "slice": index, **metrics.evaluate(mags[2], mags[0], support=support),
                    **{f"zf_{k}": v for k, v in metrics.evaluate(mags[2], mags[1]).items() if k in ("nmse", "psnr", "ssim")},
                    "seconds": seconds, "nfe": nfe}
-            _write_slice(out, fname, index, *images, row, method, 1.0 if support is None else support)
-            _append_row(os.path.join(out, "metrics.csv"), row)
+            outputs.write_slice(out, fname, index, *images, row, method, 1.0 if support is None else support)
+            outputs.append_row(os.path.join(out, "metrics.csv"), row)
             rows.append(row)
             logging.info("%s slice %d: PSNR %.2f dB (zero-filled %.2f), SSIM %.4f, %.1f s", fname, index,
                          row["psnr"], row["zf_psnr"], row["ssim"], seconds)
     return rows
-
-
-def _append_row(path: str, row: dict) -> None:
-    new = not os.path.exists(path)
-    with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
-
-
-def read_rows(path: str) -> list[dict]:
-    if not os.path.exists(path):
-        return []
-    with open(path, newline="") as f:
-        return [{k: (v if k == "fname" else float(v)) for k, v in row.items()} for row in csv.DictReader(f)]
-
-
-def write_volumes(out: str, rows: list[dict]) -> list[dict]:
-    """Assemble `<file>.h5` volumes from the slice files and compute fastMRI per-volume metrics."""
-    volumes = []
-    for fname in sorted({r["fname"] for r in rows}):
-        indices = sorted(int(r["slice"]) for r in rows if r["fname"] == fname)
-        mats = [scipy.io.loadmat(os.path.join(out, f"recon_{fname}_{i}.mat")) for i in indices]
-        recon = np.stack([np.abs(m["recon"]) for m in mats]).astype(np.float32)
-        truth = np.stack([np.abs(m["ground_truth"]) for m in mats])
-        with h5py.File(os.path.join(out, f"{fname}.h5"), "w") as f:
-            f.create_dataset("reconstruction", data=recon)
-            f.create_dataset("slices", data=np.asarray(indices))
-        volumes.append({"fname": fname, "n_slices": len(indices), **metrics.evaluate_volume(truth, recon)})
-    if volumes:
-        with open(os.path.join(out, "volumes.csv"), "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(volumes[0]))
-            writer.writeheader()
-            writer.writerows(volumes)
-    return volumes
 
 
 def summarize(config, rows: list[dict], volumes: list[dict], description: str) -> dict:
@@ -265,59 +212,20 @@ def summarize(config, rows: list[dict], volumes: list[dict], description: str) -
     return summary
 
 
-# Keys that do not change a slice's reconstruction: a rerun may differ in them and still resume the folder.
-_FREE_KEYS = {"batch_size", "max_slices", "show_progress", "output_dir", "bf16", "compile"}
-
-
-def _setting(config) -> dict:
-    setting = json.loads(config.to_json_best_effort())
-    setting["sampling"] = {k: v for k, v in setting["sampling"].items() if k not in _FREE_KEYS}
-    setting.pop("device", None)
-    return setting
-
-
-def _flat(tree: dict, prefix: str = "") -> dict:
-    """`{"group.key": value}` of a nested dict."""
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[prefix + key] = value
-    return flat
-
-
-def claim_output_folder(config, out: str) -> None:
-    """Create `out`, or check that the results already in it come from the same setting (`setting.json`)."""
-    path = os.path.join(out, "setting.json")
-    current = json.loads(json.dumps(_setting(config)))
-    if not os.path.exists(path):
-        os.makedirs(out, exist_ok=True)
-        with open(path, "w") as f:
-            json.dump(current, f, indent=1)
-        return
-    with open(path) as f:
-        saved, now = _flat(json.load(f)), _flat(current)
-    changed = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
-    if changed:
-        raise ValueError(f"{out} holds reconstructions of another setting (differs in {', '.join(changed)}); give a "
-                         f"new sampling.output_dir or delete the folder to redo it")
-
-
 def reconstruct(config, workdir: str) -> dict:
     """Reconstruct the `sampling.datashift` test set; returns the summary (also written as summary.json)."""
     reconstruct_batch, description = build_reconstructor(config, workdir)
     mask = get_mask(config, "sample")
     loader = datasets.get_dataset(config, "test")
     out = output_folder(config, workdir)
-    claim_output_folder(config, out)
+    outputs.claim_output_folder(config, out)
     logging.info("reconstructing %s with %s into %s", config.sampling.datashift, description, out)
     with torch.no_grad():
         reconstruct_loader(config, reconstruct_batch, loader, mask, out, config.sampling.method)
-    rows = read_rows(os.path.join(out, "metrics.csv"))
+    rows = outputs.read_rows(os.path.join(out, "metrics.csv"))
     if not rows:
         raise ValueError(f"no slices were reconstructed into {out}; check sampling.max_slices and the test set")
-    summary = summarize(config, rows, write_volumes(out, rows), description)
+    summary = summarize(config, rows, outputs.write_volumes(out, rows), description)
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     logging.info("%s: %d slices, NMSE %.4f, PSNR %.2f dB, SSIM %.4f (zero-filled PSNR %.2f dB), %.2f s/slice -> %s",

@@ -1,31 +1,6 @@
 """Training of the score network: `train(config, workdir)`, run by `python main.py --mode train`.
 
-Run folders
-    `--workdir` is a folder of runs (default `results`) or one run folder. A new run gets
-    `<workdir>/<YYYY_MM_DDTHH_MM_SS>_<model>_<sde>_<mask_type>_<acs>_<normalize_type>_<beta_max>_N_<num_scales>`
-    (HFS-SDE) or `<workdir>/<timestamp>_<model>_<sde>_N_<num_scales>` (VP/VE), the published names. A run folder
-    is recognised by its `config.json` (or a published `checkpoints-meta/checkpoint.pth`). Training resumes
-        * the run folder named by `--workdir`, or
-        * the newest unfinished run in `--workdir` whose `config.json` equals the current config, so a preempted
-          job restarted with the same command continues where it stopped.
-    A run in use by another process is never touched (a lock file held while training), and no existing file
-    that is not ours is overwritten.
-
-Files of a run
-    config.json                            the resolved config (rewritten, with a warning, when a resume changes it)
-    train.log                              the log
-    tensorboard/                           scalars train/{loss, lr, grad_norm, images_per_s} every
-                                           `training.log_freq` steps, eval/loss (EMA weights, held-out batch, fixed
-                                           noise) every `training.eval_freq`, and with `training.snapshot_sampling`
-                                           a reconstruction of one validation slice at every snapshot
-    checkpoints/checkpoint_{epoch}.pth     every `training.epoch_snapshot_freq` epochs (epochs counted from 1)
-    checkpoints/checkpoint_step_{step}.pth every `training.snapshot_freq` steps
-    checkpoints-meta/checkpoint.pth        every `training.snapshot_freq_for_preemption` steps, with every other
-                                           checkpoint and at the end; training resumes from it
-    finished                               written when training has reached its last step
-    Checkpoints hold `{model, ema, optimizer, step}` (published format) plus `epoch`, `batch_in_epoch` and the
-    RNG states of every rank, so a resumed run continues exactly as an uninterrupted one. A frequency ≤ 0 turns
-    the corresponding action off.
+The run folder and its files are described in `runners/run_folder.py`.
 
 Length: `training.n_iters` steps when > 0, else `training.epochs` epochs (an incomplete last batch is dropped).
 `torchrun --nproc_per_node=K main.py --mode train ...` trains with DistributedDataParallel (NCCL on CUDA, gloo on
@@ -37,14 +12,9 @@ on every device.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import datetime
 import itertools
-import json
 import logging
-import math
 import os
-import random
 import sys
 import time
 
@@ -62,173 +32,15 @@ import models
 import sampling
 import sde_lib
 from models.ema import ExponentialMovingAverage
+from runners.distributed import Dist, all_rng_states, from_rank0, init_distributed, set_rng_state
+from runners.run_folder import FINISHED_FILE, META_CHECKPOINT, open_run, save_config
 from utils import checkpoints, metrics
 from utils.common import cuda_speed_options, seed_everything
 from utils.masks import get_mask
 from utils.mri import c2r, r2c, sense_adjoint
 
-try:  # POSIX: a run folder is locked while it trains.
-    import fcntl
-except ImportError:  # pragma: no cover - Windows
-    fcntl = None
-
-CONFIG_FILE = "config.json"
-FINISHED_FILE = "finished"
-LOCK_FILE = ".lock"
-META_CHECKPOINT = os.path.join("checkpoints-meta", "checkpoint.pth")
 # Errors of the setup that are user mistakes (config values, data folders, paths): reported as one line.
 _USER_ERRORS = (ValueError, OSError)
-
-
-# ---- distributed context ----------------------------------------------------------------------------------------
-@dataclasses.dataclass
-class _Dist:
-    """Rank, world size and device of this process (world size 1 without torchrun)."""
-
-    rank: int
-    world_size: int
-    device: torch.device
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def _init_distributed(config) -> _Dist:
-    """Resolve `config.device`; under `torchrun` (WORLD_SIZE > 1) join the process group (NCCL/gloo)."""
-    device = torch.device(config.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"config.device={config.device!r} but no CUDA device is visible; "
-                         "pass --config.device=cpu or run on a machine with a GPU")
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size == 1:
-        return _Dist(0, 1, device)
-    if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-        torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return _Dist(dist.get_rank(), world_size, device)
-
-
-def _from_rank0(ctx: _Dist, fn):
-    """Run `fn()` on rank 0 only and give its result, or its exception, to every rank (none is left waiting)."""
-    box = [None, None]
-    if ctx.is_main:
-        try:
-            box[0] = fn()
-        except Exception as err:  # re-raised below, on every rank
-            box[1] = err
-    if ctx.world_size > 1:
-        dist.broadcast_object_list(box, src=0)
-    if box[1] is not None:
-        raise box[1]
-    return box[0]
-
-
-# ---- run folder -------------------------------------------------------------------------------------------------
-def run_name(config, now: datetime.datetime | None = None) -> str:
-    """The published run-folder name, e.g. `2023_10_07T20_39_52_ddpm_hfssde_low_frequency_16_std_20.0_N_1000`."""
-    stamp = "{0:%Y_%m_%dT%H_%M_%S}".format(now or datetime.datetime.now())
-    parts = [stamp, config.model.name, config.training.sde]
-    if config.training.sde.lower() == "hfssde":
-        parts += [config.training.mask_type, str(config.training.acs), config.data.normalize_type,
-                  str(config.model.beta_max)]
-    return "_".join(parts + ["N", str(config.model.num_scales)])
-
-
-def is_run_dir(path: str) -> bool:
-    """Whether `path` is a run folder (our `config.json`, or a published `checkpoints-meta/checkpoint.pth`)."""
-    return os.path.isfile(os.path.join(path, CONFIG_FILE)) or os.path.isfile(os.path.join(path, META_CHECKPOINT))
-
-
-def _config_dict(config) -> dict:
-    return json.loads(config.to_json_best_effort(sort_keys=True))
-
-
-def _saved_config(run_dir: str) -> dict | None:
-    """The run's `config.json` as a dict (None when missing or unreadable)."""
-    try:
-        with open(os.path.join(run_dir, CONFIG_FILE)) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
-
-def _lock(run_dir: str):
-    """Lock `run_dir` for this process (released when the file closes or the process dies); None if in use."""
-    handle = open(os.path.join(run_dir, LOCK_FILE), "a")
-    if fcntl is None:
-        return handle
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        return None
-    return handle
-
-
-def _unfinished_run(config, parent: str, stack: contextlib.ExitStack) -> str | None:
-    """The newest unfinished, unlocked run in `parent` trained with exactly `config` (locked for us), if any."""
-    wanted = _config_dict(config)
-    for name in sorted(os.listdir(parent), reverse=True):
-        run_dir = os.path.join(parent, name)
-        if (os.path.isdir(run_dir) and not os.path.exists(os.path.join(run_dir, FINISHED_FILE))
-                and _saved_config(run_dir) == wanted):
-            handle = _lock(run_dir)
-            if handle is not None:
-                stack.enter_context(handle)
-                return run_dir
-    return None
-
-
-def _new_run(config, parent: str, stack: contextlib.ExitStack) -> str:
-    """Create and lock a fresh run folder in `parent` (a numbered suffix if the name is taken)."""
-    base = os.path.join(parent, run_name(config))
-    for n in itertools.count():
-        run_dir = base if n == 0 else f"{base}_{n}"
-        try:
-            os.makedirs(run_dir)
-        except FileExistsError:
-            continue
-        stack.enter_context(_lock(run_dir))
-        return run_dir
-
-
-def _open_run(config, workdir: str, stack: contextlib.ExitStack) -> str:
-    """The run folder to train in (see the module docstring), locked for this process."""
-    if os.path.exists(workdir) and not os.path.isdir(workdir):
-        raise NotADirectoryError(f"--workdir {workdir} is a file; give a folder of runs (e.g. results) or a run folder")
-    if is_run_dir(workdir):
-        handle = _lock(workdir)
-        if handle is None:
-            raise ValueError(f"run folder {workdir} is being trained by another process ({LOCK_FILE} is locked); "
-                             "wait for it to end or pass another --workdir")
-        run_dir = workdir
-        stack.enter_context(handle)
-    else:
-        os.makedirs(workdir, exist_ok=True)
-        run_dir = _unfinished_run(config, workdir, stack) or _new_run(config, workdir, stack)
-    _warn_config_changes(config, run_dir)
-    return run_dir
-
-
-def _warn_config_changes(config, run_dir: str) -> None:
-    """Warn about the config keys that differ from the run's `config.json` (a resume with other settings)."""
-    old, new = _saved_config(run_dir), _config_dict(config)
-    if old is not None and old != new:
-        changed = [f"{g}.{k}: {old.get(g, {}).get(k)!r} -> {v!r}" for g, group in new.items()
-                   if isinstance(group, dict) for k, v in group.items() if old.get(g, {}).get(k) != v]
-        changed += [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in new.items() if not isinstance(v, dict)
-                    and old.get(k) != v]
-        logging.warning("resuming %s with a changed config: %s", run_dir, "; ".join(changed))
-
-
-def _save_config(config, run_dir: str) -> None:
-    """Write the resolved config to the run's `config.json` (atomically)."""
-    path = os.path.join(run_dir, CONFIG_FILE)
-    with open(path + ".tmp", "w") as f:
-        f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-    os.replace(path + ".tmp", path)
 
 
 # ---- data -------------------------------------------------------------------------------------------------------
@@ -236,7 +48,7 @@ class _ShardSampler(DistributedSampler):
     """DistributedSampler (shuffled with `seed + epoch`, one shard per rank) that can start part-way into an epoch
     by skipping its first `skip` indices."""
 
-    def __init__(self, dataset, ctx: _Dist, seed: int, epoch: int, skip: int):
+    def __init__(self, dataset, ctx: Dist, seed: int, epoch: int, skip: int):
         super().__init__(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed,
                          drop_last=True)
         self.set_epoch(epoch)
@@ -249,7 +61,7 @@ class _ShardSampler(DistributedSampler):
         return max(super().__len__() - self.skip, 0)
 
 
-def _epoch_loader(base: DataLoader, batch_size: int, ctx: _Dist, seed: int, epoch: int, skip: int) -> DataLoader:
+def _epoch_loader(base: DataLoader, batch_size: int, ctx: Dist, seed: int, epoch: int, skip: int) -> DataLoader:
     """`base` reading this rank's shard in the seeded order of `epoch`, from batch `skip` on."""
     sampler = _ShardSampler(base.dataset, ctx, seed, epoch, skip * batch_size)
     workers = base.num_workers
@@ -272,45 +84,8 @@ def derived_seed(*keys: int) -> int:
     return int(np.random.SeedSequence(list(keys)).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
-# ---- RNG states (tensors, so checkpoints load with weights_only=True) -------------------------------------------
-def _rng_state(device: torch.device) -> dict:
-    """RNG states of torch (CPU and this process's CUDA device), numpy and Python, all as tensors."""
-    _, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
-    py_version, py_state, py_gauss = random.getstate()
-    state = {"torch": torch.get_rng_state(),
-             "numpy": torch.from_numpy(np_keys.astype(np.int64)),
-             "numpy_extra": torch.tensor([np_pos, np_has_gauss, np_gauss], dtype=torch.float64),
-             "python": torch.tensor((py_version,) + py_state, dtype=torch.int64),
-             "python_gauss": torch.tensor(math.nan if py_gauss is None else py_gauss, dtype=torch.float64)}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _set_rng_state(state: dict, device: torch.device) -> None:
-    """Restore the states of `_rng_state` (tensors on any device: checkpoints load onto the training device)."""
-    state = {k: v.cpu() for k, v in state.items()}
-    torch.set_rng_state(state["torch"])
-    pos, has_gauss, gauss = state["numpy_extra"].tolist()
-    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), int(pos), int(has_gauss), gauss))
-    py = state["python"].tolist()
-    py_gauss = state["python_gauss"].item()
-    random.setstate((py[0], tuple(py[1:]), None if math.isnan(py_gauss) else py_gauss))
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
-def _all_rng_states(ctx: _Dist) -> list[dict]:
-    """The RNG states of every rank, in rank order (a collective: every rank must call it)."""
-    if ctx.world_size == 1:
-        return [_rng_state(ctx.device)]
-    states = [None] * ctx.world_size
-    dist.all_gather_object(states, _rng_state(ctx.device))
-    return states
-
-
 # ---- model ------------------------------------------------------------------------------------------------------
-def _build_model(config, ctx: _Dist, compile_: bool):
+def _build_model(config, ctx: Dist, compile_: bool):
     """`(network, training module)`: the bare network and its DDP / torch.compile wrapping for training."""
     model = models.create_model(config).to(ctx.device)
     if config.training.channels_last:
@@ -324,6 +99,8 @@ def _build_model(config, ctx: _Dist, compile_: bool):
 
 
 @contextlib.contextmanager
+
+
 def _ema_weights(ema: ExponentialMovingAverage, model: torch.nn.Module, enabled: bool = True):
     """Swap the EMA averages into `model` for the duration of the block."""
     if not enabled:
@@ -345,7 +122,7 @@ def _every(step: int, freq: int) -> bool:
 class _TrainLoop:
     """State and actions of one training run: step, log, evaluate, sample, save, resume."""
 
-    def __init__(self, config, ctx: _Dist):
+    def __init__(self, config, ctx: Dist):
         """Validate the config and data and build SDE, loaders, model, optimizer, EMA and step functions.
 
         The run folder is chosen afterwards (`run_dir`), so a setup error leaves no folder behind.
@@ -406,7 +183,7 @@ class _TrainLoop:
         self.last_saved = (path, step)
         rng = self.state.pop("rng", None)
         if rng is not None and len(rng) == self.ctx.world_size:
-            _set_rng_state(rng[self.ctx.rank], self.ctx.device)
+            set_rng_state(rng[self.ctx.rank], self.ctx.device)
         else:
             if rng is None:  # published format {model, ema, optimizer, step}
                 self.state["epoch"] = step // self.steps_per_epoch
@@ -569,7 +346,7 @@ class _TrainLoop:
     def _save(self, names: list[str]) -> None:
         """Write the training state to `names` (relative to the run folder), atomically, on rank 0."""
         start = time.perf_counter()
-        state = dict(self.state, rng=_all_rng_states(self.ctx))
+        state = dict(self.state, rng=all_rng_states(self.ctx))
         if self.ctx.is_main:
             for name in names:
                 checkpoints.save_checkpoint(os.path.join(self.run_dir, name), state)
@@ -603,6 +380,8 @@ def _describe(loop: _TrainLoop) -> None:
 
 
 @contextlib.contextmanager
+
+
 def _log_file(path: str, enabled: bool):
     """Copy log records to `path` (appending) while the block runs."""
     if not enabled:
@@ -628,16 +407,16 @@ def train(config, workdir: str) -> str:
     try:
         with contextlib.ExitStack() as stack:
             try:
-                ctx = _init_distributed(config)
+                ctx = init_distributed(config)
                 if not ctx.is_main:
                     logging.getLogger().setLevel(logging.WARNING)
                 seed_everything(config.seed + ctx.rank)
                 loop = _TrainLoop(config, ctx)
-                loop.run_dir = _from_rank0(ctx, lambda: _open_run(config, workdir, stack))
+                loop.run_dir = from_rank0(ctx, lambda: open_run(config, workdir, stack))
                 stack.enter_context(_log_file(os.path.join(loop.run_dir, "train.log"), ctx.is_main))
                 loop.resume()
                 if ctx.is_main:
-                    _save_config(config, loop.run_dir)
+                    save_config(config, loop.run_dir)
             except _USER_ERRORS as err:
                 raise SystemExit(f"train: {err}") from None
             _describe(loop)

@@ -1,0 +1,1 @@
+"""Drivers: training (`train.py`), reconstruction of a test set (`reconstruct.py`) and the bundled demo (`demo.py`)."""
