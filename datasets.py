@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from utils.augment import AUGMENT_KEYS, augment_slice
 from utils.mri import center_crop, fft2c, ifft2c, sense_adjoint, sense_forward
 
 log = logging.getLogger(__name__)
@@ -274,14 +275,22 @@ class MultiCoilSliceDataset(Dataset):
         config: reads `data.image_size`, `data.normalize_type`, `data.normalize_coeff`.
         skip_slices: leave out the first slices of every volume (see `kept_slices`).
         skip_broken: leave broken files out with a warning instead of raising `DataError`.
+        augment: augment each slice (`utils/augment.py`) with the settings of `data.augment`, drawing from a
+            generator seeded by `(config.seed, epoch, index)` (`set_epoch` sets the epoch).
 
     Items are dicts: `kspace` complex64 `[C, S, S]` (S = `data.image_size`; cropped in the image domain, then
-    normalised), `maps` complex64 `[C, S, S]` (cropped), `fname` (file stem), `slice` (index in the volume).
+    augmented and normalised), `maps` complex64 `[C, S, S]` (cropped), `fname` (file stem), `slice` (index in
+    the volume).
     """
 
-    def __init__(self, kspace_root: str, maps_root: str, config, skip_slices: int = 0, skip_broken: bool = False):
+    def __init__(self, kspace_root: str, maps_root: str, config, skip_slices: int = 0, skip_broken: bool = False,
+                 augment: bool = False):
         self.kspace_root, self.maps_root = kspace_root, maps_root
         self.image_size = int(config.data.image_size)
+        settings = config.data.augment
+        self.augment = settings if augment and any(settings[key] for key in AUGMENT_KEYS) else None
+        self.pixel_mm = float(settings.fov_mm) / self.image_size
+        self.seed, self.epoch = int(config.seed), 0
         self.normalize_type = config.data.normalize_type
         self.normalize_coeff = float(config.data.normalize_coeff)
         if self.normalize_type not in NORMALIZE_TYPES:
@@ -293,6 +302,19 @@ class MultiCoilSliceDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.slices)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Seed the augmentation of the coming epoch (loaders made afterwards carry it to their workers)."""
+        self.epoch = int(epoch)
+
+    def _augment(self, idx: int, kspace: torch.Tensor, maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Augment the map-combined image and make the coil k-space again: `k = F(S' x')`."""
+        ones = torch.ones((), dtype=kspace.real.dtype)
+        image = sense_adjoint(kspace[None], maps[None], ones)[0, 0].numpy()
+        rng = np.random.default_rng([self.seed, self.epoch, idx])
+        image, maps_np = augment_slice(image, maps.numpy(), rng, self.augment, self.pixel_mm)
+        maps = torch.from_numpy(maps_np)
+        return sense_forward(torch.from_numpy(image)[None, None], maps[None], ones)[0], maps
 
     def _read(self, path: str, key: str, index: tuple) -> np.ndarray:
         """`f[key][index]` of an `.h5` file; a read failure becomes a `DataError` naming the file and slice."""
@@ -315,6 +337,8 @@ class MultiCoilSliceDataset(Dataset):
         kspace = self._read(volume.kspace_path, "kspace", (slice_idx,))
         maps = torch.from_numpy(maps.astype(np.complex64, copy=False))
         kspace = crop_kspace(torch.from_numpy(kspace.astype(np.complex64, copy=False)), size)
+        if self.augment is not None:
+            kspace, maps = self._augment(idx, kspace, maps)
         kspace = normalize_kspace(kspace, maps, self.normalize_type, self.normalize_coeff)
         return {"kspace": kspace, "maps": maps, "fname": volume.name, "slice": slice_idx}
 
@@ -375,7 +399,8 @@ def get_dataset(config, mode: str) -> DataLoader:
         raise ValueError(f"unknown dataset mode {mode!r}; choose one of {list(MODES)}")
     root, maps_root = _split_folders(config, mode)
     skip = int(config.training.skip_slices) if mode != "test" else 0
-    dataset = MultiCoilSliceDataset(root, maps_root, config, skip_slices=skip, skip_broken=config.data.skip_broken)
+    dataset = MultiCoilSliceDataset(root, maps_root, config, skip_slices=skip, skip_broken=config.data.skip_broken,
+                                    augment=mode == "train")
     batch_size = int(config.training.batch_size if mode != "test" else config.sampling.batch_size)
     distributed = mode != "test" and torch.distributed.is_available() and torch.distributed.is_initialized()
     per_process = len(dataset) // torch.distributed.get_world_size() if distributed else len(dataset)

@@ -37,6 +37,7 @@ def get_default_configs() -> ml_collections.ConfigDict:
     training.bf16 = False  # bf16 autocast (CUDA only)
     training.compile = False  # torch.compile the score network (CUDA only)
     training.channels_last = False
+    training.init_checkpoint = ""  # start a new run from this checkpoint's (EMA) weights: fine-tuning
 
     # Sampling / reconstruction.
     config.sampling = sampling = ml_collections.ConfigDict()
@@ -91,6 +92,17 @@ def get_default_configs() -> ml_collections.ConfigDict:
         {"phantom": "data/phantom/test", "knee": "data/fastMRI/knee/test", "brain": "data/fastMRI/brain/test"})
     # Maps folder of each test set; empty: `<test root>_maps` beside it.
     data.test_maps_roots = ml_collections.ConfigDict({"phantom": "", "knee": "", "brain": ""})
+    # Training augmentation (utils/augment.py; every value 0 = off, as published).
+    data.augment = augment = ml_collections.ConfigDict()
+    augment.flip = 0.0  # probability of a left-right flip
+    augment.rotate = 0.0  # largest rotation, degrees
+    augment.scale = 0.0  # largest relative zoom
+    augment.gamma = 0.0  # contrast: |x|^gamma with |log gamma| <= this
+    augment.bias = 0.0  # smooth multiplicative intensity field exp(b*field), |b| <= this
+    augment.phase = 0.0  # replace the phase by a smooth random phase of at most this many radians
+    augment.scalp = 0.0  # probability of adding skull and scalp layers around the object
+    augment.min_coils = 0  # keep a random run of min_coils..C coils (0: all)
+    augment.fov_mm = 240.0  # field of view assumed for the scalp layer thicknesses
     data.skip_broken = False  # skip unreadable files with a warning instead of stopping
     data.mask_root = "mask"  # folder of published-name masks (<name>.mat, key "mask")
 

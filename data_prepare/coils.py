@@ -1,4 +1,4 @@
-"""Simulated multi-coil acquisition: smooth phase, birdcage coil sensitivities, coil k-space, complex noise.
+"""Simulated multi-coil acquisition: birdcage coil sensitivities, coil k-space, complex noise.
 
 Sensitivities follow the convention of ESPIRiT maps (sigpy's, and ours for BART): `Σ_c |S_c|² = 1` at every pixel
 and coil 0 real and non-negative. Any map set can be brought to it with `align_phase` and the image then carries
@@ -11,17 +11,6 @@ import sigpy.mri
 import torch
 
 from utils.mri import fft2c
-
-
-def smooth_phase(shape: tuple[int, int], rng: np.random.Generator, max_phase: float) -> np.ndarray:
-    """A random smooth phase map (radians) `[H, W]`: a global offset in [−π, π) plus a random quadratic
-    polynomial of the normalised coordinates whose largest absolute value over the grid is `max_phase`."""
-    h, w = shape
-    y, x = np.meshgrid(np.linspace(-1, 1, h), np.linspace(-1, 1, w), indexing="ij")
-    terms = np.stack([x, y, x * y, x ** 2 - 1 / 3, y ** 2 - 1 / 3])
-    poly = np.tensordot(rng.standard_normal(len(terms)), terms, axes=1)
-    poly *= max_phase / max(np.abs(poly).max(), 1e-12)
-    return rng.uniform(-np.pi, np.pi) + poly
 
 
 def align_phase(maps: np.ndarray) -> np.ndarray:

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from data_prepare.coils import birdcage_sensitivities, coil_kspace, smooth_phase
+from data_prepare.coils import birdcage_sensitivities, coil_kspace
+from utils.augment import smooth_phase
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,8 @@ from skimage import io as skio
 
 import datasets
 from configs.default_fastMRI_configs import get_default_configs
-from data_prepare import generate_smaps_fastMRI, generate_smaps_phantom, save_data_slice, simulate_multicoil
+from data_prepare import (generate_brain_demo, generate_smaps_fastMRI, generate_smaps_phantom, save_data_slice,
+                          simulate_multicoil)
 from data_prepare.coils import add_noise, align_phase, birdcage_sensitivities
 from data_prepare.espirit import acs_width, bart_binary, espirit_maps, read_cfl, write_cfl
 from data_prepare.fastmri_io import quantize
@@ -354,9 +355,41 @@ def test_quantize_and_noise():
     assert abs(np.mean(np.abs(noisy - 1) ** 2) - 0.01) < 1e-3
 
 
-@pytest.mark.parametrize("module", [generate_smaps_fastMRI, generate_smaps_phantom, save_data_slice,
-                                    simulate_multicoil])
+@pytest.mark.parametrize("module", [generate_brain_demo, generate_smaps_fastMRI, generate_smaps_phantom,
+                                    save_data_slice, simulate_multicoil])
 def test_every_script_has_help(module, capsys):
     with pytest.raises(SystemExit) as exit_info:
         module.main(["--help"])
     assert exit_info.value.code == 0 and "usage" in capsys.readouterr().out
+
+
+def test_brain_split_keeps_10_mm_between_training_and_held_out_slices():
+    parts, gap = generate_brain_demo.split(), generate_brain_demo.GAP_MM
+    held_out = parts["test"] + parts["val"]
+    assert min(abs(t - h) for t in parts["train"] for h in held_out) > gap
+    assert min(abs(t - v) for t in parts["test"] for v in parts["val"]) > gap
+    assert len(parts["train"]) >= 80
+
+
+def test_generate_brain_demo_reads_the_template_from_a_wheel(tmp_path):
+    import zipfile
+    gbd = generate_brain_demo
+    z, y, x = np.mgrid[:189, :24, :20]
+    brain = (((x - 9.5) / 8) ** 2 + ((y - 11.5) / 10) ** 2 + ((z - 94) / 80) ** 2 < 1) * (100 + y)
+    template = tmp_path / gbd.TEMPLATE
+    nibabel.save(nibabel.Nifti1Image(np.moveaxis(brain, 0, 2).astype(np.uint8), np.eye(4)), str(template))
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    with zipfile.ZipFile(wheels / "nilearn-0.0-py3-none-any.whl", "w") as wheel:
+        wheel.write(template, gbd.WHEEL_MEMBER)
+    out = tmp_path / "brain"
+    assert gbd.main(["--source", str(wheels), "--out", str(out), "--size", "32", "--splits", "test"]) == 0
+    config = get_default_configs()
+    config.data.image_size = 32
+    data = datasets.MultiCoilSliceDataset(str(out / "test"), str(out / "test_maps"), config)
+    assert len(data) == len(gbd.TEST_Z)
+    with h5py.File(out / "test" / "mni152_test.h5") as f:
+        assert f["kspace"].shape == (len(gbd.TEST_Z), gbd.COILS["test"], 32, 32)
+    assert not (out / "train").exists()
+    with pytest.raises(SystemExit):
+        gbd.main(["--source", str(tmp_path / "nothing"), "--out", str(out)])
