@@ -21,6 +21,9 @@ class SDE(abc.ABC):
     """Base class; subclasses define the drift/diffusion and the Gaussian marginal `p_t(x | x_0)`."""
 
     T = 1.0
+    prior_std = 1.0
+    # Low-frequency mask `M_lf` `[1, 1, H, W]` kept out of the diffusion (HFS-SDE); None: the SDE acts everywhere.
+    lowfreq_mask: torch.Tensor | None = None
 
     def __init__(self, num_scales: int):
         self.N = num_scales
@@ -45,11 +48,9 @@ class SDE(abc.ABC):
         """Map standard normal noise onto the diffusing subspace (identity except for HFS-SDE)."""
         return z
 
-    def prior_sampling(self, shape, device="cpu", generator: torch.Generator | None = None) -> torch.Tensor:
-        """A sample of the prior `p_T` of the given shape."""
-        return self.project(torch.randn(shape, device=device, generator=generator)) * self.prior_std
-
-    prior_std = 1.0
+    def prior_sampling(self, z: torch.Tensor) -> torch.Tensor:
+        """A sample `[B, 2, H, W]` of the prior `p_T` made from standard normal noise `z` of that shape."""
+        return self.project(z) * self.prior_std
 
     def prior_logp(self, z: torch.Tensor) -> torch.Tensor:
         """Log-density `[B]` of the Gaussian prior `N(0, prior_std² I)`."""

@@ -24,6 +24,7 @@ from configs.hfssde.ddpm_continuous import get_config as paper_config  # noqa: E
 from configs.tiny import get_config as tiny_config  # noqa: E402
 from models import create_model, get_score_fn  # noqa: E402
 from utils.masks import get_mask  # noqa: E402
+from utils.mri import sense_adjoint  # noqa: E402
 
 
 def timed(fn, device: str, repeats: int) -> float:
@@ -54,6 +55,7 @@ def measure(config, batch: int, coils: int, repeats: int) -> dict:
     y = mask * torch.randn(batch, coils, h, h, dtype=torch.complex64, device=device)
     noise = sampling.SampleNoise(range(batch), device)
     x = sampling.initial_state(sde, y, csm, noise)
+    aty = sense_adjoint(y, csm, mask)
     t = torch.full((batch,), 0.5, device=device)
     s = config.sampling
     steps, snr = sampling.sampling_schedule(config, sde)
@@ -63,8 +65,9 @@ def measure(config, batch: int, coils: int, repeats: int) -> dict:
         score_fn(x, t)
 
     def pc_step():
-        x1, _ = corrector(sde, score_fn, x, t, y, csm, mask, snr=snr, weight=s.corrector_mse, noise=noise(x.shape))
-        predictor(sde, score_fn, x1, t, y, csm, mask, weight=s.mse, noise=noise(x.shape), num_steps=steps)
+        x1, _ = corrector(sde, score_fn, x, t, aty, csm, mask, snr=snr, weight=s.corrector_mse,
+                          noise=noise(x.shape))
+        predictor(sde, score_fn, x1, t, aty, csm, mask, weight=s.mse, noise=noise(x.shape), num_steps=steps)
 
     with torch.no_grad():
         t_forward = timed(forward, device, repeats)

@@ -125,7 +125,7 @@ def _bf16(score_fn):
 
 
 def _check_low_frequencies_measured(config, sde) -> None:
-    if not hasattr(sde, "lowfreq_mask"):
+    if sde.lowfreq_mask is None:
         return
     sample_mask = get_mask(config, "sample")
     missing = int(((sde.lowfreq_mask > 0) & (sample_mask == 0)).sum())

@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny files in the exact fastMRI multi-coil layout, and an isolated index cache."""
+"""Shared fixtures: tiny files in the exact fastMRI multi-coil layout, an isolated index cache, and the float64
+numpy reference of the centred orthonormal FFT pair (`from conftest import np_fft2c, np_ifft2c`)."""
 from __future__ import annotations
 
 import os
@@ -14,6 +15,16 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def np_fft2c(x: np.ndarray) -> np.ndarray:
+    """Centred orthonormal 2-D FFT over the last two axes: `fftshift(fft2(ifftshift(x), norm="ortho"))`."""
+    return np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(x, axes=(-2, -1)), norm="ortho"), axes=(-2, -1))
+
+
+def np_ifft2c(k: np.ndarray) -> np.ndarray:
+    """Inverse of `np_fft2c`."""
+    return np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(k, axes=(-2, -1)), norm="ortho"), axes=(-2, -1))
 
 
 def write_fastmri_kspace(path: str, kspace: np.ndarray, patient_id: str = "anon") -> None:

@@ -11,7 +11,7 @@ import torch
 
 import datasets
 from configs.default_fastMRI_configs import get_default_configs
-from tests.conftest import write_fastmri_kspace, write_maps
+from tests.conftest import np_fft2c, np_ifft2c, write_fastmri_kspace, write_maps
 from utils.mri import sense_adjoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,14 +33,6 @@ def _config(image_size=32, normalize_type="std", coeff=1.5, **overrides):
     return config
 
 
-def _np_ifft2c(k):
-    return np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(k, axes=(-2, -1)), norm="ortho"), axes=(-2, -1))
-
-
-def _np_fft2c(x):
-    return np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(x, axes=(-2, -1)), norm="ortho"), axes=(-2, -1))
-
-
 def _np_crop(x, size):
     h, w = x.shape[-2:]
     top, left = (h - size) // 2, (w - size) // 2
@@ -48,7 +40,7 @@ def _np_crop(x, size):
 
 
 def _np_cropped_kspace(k, size):
-    return _np_fft2c(_np_crop(_np_ifft2c(k.astype(np.complex128)), size))
+    return np_fft2c(_np_crop(np_ifft2c(k.astype(np.complex128)), size))
 
 
 def _item(folder, config, stem, slice_idx):
@@ -90,7 +82,7 @@ def test_img_std_normalisation_divides_by_std_of_coil_images(make_fastmri):
     folder = make_fastmri(files=1, slices=1, coils=3, shape=(48, 40))
     item = _item(folder, _config(normalize_type="img_std"), "file1000", 0)
     cropped = _np_cropped_kspace(folder.kspace["file1000"][0], 32)
-    np.testing.assert_allclose(item["kspace"].numpy(), cropped / np.std(_np_ifft2c(cropped)), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(item["kspace"].numpy(), cropped / np.std(np_ifft2c(cropped)), rtol=0, atol=1e-5)
 
 
 def test_minmax_normalisation_as_published(make_fastmri):
@@ -98,11 +90,11 @@ def test_minmax_normalisation_as_published(make_fastmri):
     item = _item(folder, _config(normalize_type="minmax", coeff=2.0), "file1000", 0)
     cropped = _np_cropped_kspace(folder.kspace["file1000"][0], 32)
     maps = _np_crop(folder.maps["file1000"][0], 32).astype(np.complex128)
-    image = np.sum(np.conj(maps) * _np_ifft2c(cropped), axis=0)
+    image = np.sum(np.conj(maps) * np_ifft2c(cropped), axis=0)
     magnitude, angle = np.abs(image), np.angle(image)
     magnitude = (magnitude - magnitude.min()) / (magnitude.max() - magnitude.min())
     angle = (angle - angle.min()) / (angle.max() - angle.min())
-    expected = _np_fft2c(maps * (2.0 * magnitude * np.exp(1j * angle)))
+    expected = np_fft2c(maps * (2.0 * magnitude * np.exp(1j * angle)))
     np.testing.assert_allclose(item["kspace"].numpy(), expected, rtol=0, atol=1e-5)
 
 
@@ -112,7 +104,7 @@ def test_coil_combined_image_equals_numpy(make_fastmri):
     combined = sense_adjoint(item["kspace"][None], item["maps"][None], torch.ones(()))[0, 0].numpy()
     cropped = _np_cropped_kspace(folder.kspace["file1000"][1], 32)
     cropped /= 1.5 * np.std(cropped)
-    expected = np.sum(np.conj(_np_crop(folder.maps["file1000"][1], 32)) * _np_ifft2c(cropped), axis=0)
+    expected = np.sum(np.conj(_np_crop(folder.maps["file1000"][1], 32)) * np_ifft2c(cropped), axis=0)
     np.testing.assert_allclose(combined, expected, rtol=0, atol=1e-5)
 
 

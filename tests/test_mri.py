@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import np_fft2c, np_ifft2c
 from utils import mri
 
 SHAPES = [(6, 8), (7, 9), (16, 16), (5, 12)]
@@ -12,21 +13,13 @@ def _crandn(rng, *shape):
     return (rng.standard_normal(shape) + 1j * rng.standard_normal(shape))
 
 
-def _np_fft2c(x):
-    return np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(x, axes=(-2, -1)), norm="ortho"), axes=(-2, -1))
-
-
-def _np_ifft2c(k):
-    return np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(k, axes=(-2, -1)), norm="ortho"), axes=(-2, -1))
-
-
 @pytest.mark.parametrize("shape", SHAPES)
 def test_fft2c_matches_numpy_and_is_unitary(shape):
     rng = np.random.default_rng(0)
     x = _crandn(rng, 2, 3, *shape)
     k = mri.fft2c(torch.from_numpy(x.astype(np.complex64)))
     assert k.dtype == torch.complex64
-    np.testing.assert_allclose(k.numpy(), _np_fft2c(x), atol=1e-5)
+    np.testing.assert_allclose(k.numpy(), np_fft2c(x), atol=1e-5)
     back = mri.ifft2c(k)
     np.testing.assert_allclose(back.numpy(), x, atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(k.numpy()), np.linalg.norm(x), rtol=1e-5)
@@ -66,10 +59,10 @@ def test_sense_forward_and_adjoint_match_numpy(shape):
     t = lambda a: torch.from_numpy(a.astype(np.complex64))  # noqa: E731
     m = torch.from_numpy(mask)
     ax = mri.sense_forward(t(x), t(csm), m)
-    np.testing.assert_allclose(ax.numpy(), mask * _np_fft2c(csm * x), atol=1e-4)
+    np.testing.assert_allclose(ax.numpy(), mask * np_fft2c(csm * x), atol=1e-4)
     ahy = mri.sense_adjoint(t(y), t(csm), m)
     assert ahy.shape == (2, 1) + shape
-    np.testing.assert_allclose(ahy.numpy(), np.sum(np.conj(csm) * _np_ifft2c(mask * y), 1, keepdims=True), atol=1e-4)
+    np.testing.assert_allclose(ahy.numpy(), np.sum(np.conj(csm) * np_ifft2c(mask * y), 1, keepdims=True), atol=1e-4)
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -120,7 +113,7 @@ def test_kspace_filter_matches_numpy(shape):
     rng = np.random.default_rng(3)
     x = rng.standard_normal((2, 2) + shape)
     mask = (rng.random(shape) < 0.4).astype(np.float64)
-    k = _np_fft2c(x[:, 0] + 1j * x[:, 1])
-    expected = _np_ifft2c(mask * k)
+    k = np_fft2c(x[:, 0] + 1j * x[:, 1])
+    expected = np_ifft2c(mask * k)
     got = mri.kspace_filter(torch.from_numpy(x), torch.from_numpy(mask))
     np.testing.assert_allclose(got.numpy(), np.stack([expected.real, expected.imag], 1), atol=1e-12)

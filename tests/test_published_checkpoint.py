@@ -7,6 +7,7 @@ import sde_lib
 from configs.hfssde.ddpm_continuous import get_config
 from models import create_model, get_score_fn
 from utils.checkpoints import load_model_weights
+from utils.mri import sense_adjoint
 
 
 def published_checkpoint(model):
@@ -44,7 +45,8 @@ def test_paper_checkpoint_loads_and_runs_one_step(tmp_path, paper_model):
     mask[..., ::4] = 1
     x = torch.randn(1, 2, h, h)
     with torch.no_grad():
-        out, out_mean = sampling.euler_maruyama_step(sde, score_fn, x, torch.tensor([0.5]), mask * y, csm, mask,
+        aty = sense_adjoint(mask * y, csm, mask)
+        out, out_mean = sampling.euler_maruyama_step(sde, score_fn, x, torch.tensor([0.5]), aty, csm, mask,
                                                      weight=2.5, noise=torch.randn_like(x), num_steps=100)
     assert out.shape == x.shape and torch.isfinite(out).all() and torch.isfinite(out_mean).all()
 
