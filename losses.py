@@ -11,8 +11,6 @@ so HFS-SDE is trained in high-frequency space only, and VP/VE reduce to score_sd
 """
 from __future__ import annotations
 
-import contextlib
-
 import torch
 
 from models import get_score_fn
@@ -60,22 +58,23 @@ def optimization_manager(config):
 
 
 def get_sde_loss_fn(sde, train: bool, reduce_mean: bool = True, continuous: bool = True,
-                    likelihood_weighting: bool = False, eps: float = 1e-5):
+                    likelihood_weighting: bool = False, eps: float = 1e-5, bf16: bool = False):
     """`loss_fn(model, batch) -> scalar`: the continuous denoising score-matching loss of the module docstring.
 
-    `batch` is the clean real image `[B, 2, H, W]`; `reduce_mean` averages over pixels (else ½·sum).
+    `batch` is the clean real image `[B, 2, H, W]`; `reduce_mean` averages over pixels (else ½·sum); `bf16` runs
+    the network under bfloat16 autocast.
     """
     def reduce_op(v):
         v = v.flatten(1)
         return v.mean(1) if reduce_mean else 0.5 * v.sum(1)
 
     def loss_fn(model, batch: torch.Tensor) -> torch.Tensor:
-        score_fn = get_score_fn(sde, model, train=train, continuous=continuous)
+        score_fn = get_score_fn(sde, model, train=train, continuous=continuous, bf16=bf16)
         t = torch.rand(batch.shape[0], device=batch.device) * (sde.T - eps) + eps
         z = sde.project(torch.randn_like(batch))
         mean, std = sde.marginal_prob(batch, t)
         std = append_dims(std, batch.ndim)
-        score = sde.project(score_fn(mean + std * z, t).float())
+        score = sde.project(score_fn(mean + std * z, t))
         if likelihood_weighting:
             g2 = sde.sde(torch.zeros_like(batch), t)[1] ** 2
             losses = reduce_op(torch.square(score + z / std)) * g2
@@ -95,20 +94,14 @@ def get_step_fn(sde, train: bool, optimize_fn=None, reduce_mean: bool = True, co
     `bf16` runs the network under bfloat16 autocast (CUDA).
     """
     loss_fn = get_sde_loss_fn(sde, train, reduce_mean=reduce_mean, continuous=continuous,
-                              likelihood_weighting=likelihood_weighting, eps=eps)
-
-    def autocast(device_type):
-        if bf16:
-            return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+                              likelihood_weighting=likelihood_weighting, eps=eps, bf16=bf16)
 
     def step_fn(state: dict, batch: torch.Tensor) -> dict:
         model = state["model"]
         if train:
             optimizer = state["optimizer"]
             optimizer.zero_grad(set_to_none=True)
-            with autocast(batch.device.type):
-                loss = loss_fn(model, batch)
+            loss = loss_fn(model, batch)
             if not _finite_everywhere(loss):
                 raise NonFiniteLossError(f"the training loss became {loss.item()} at step {state['step']} "
                                          "(on this process or another rank)")
@@ -117,14 +110,8 @@ def get_step_fn(sde, train: bool, optimize_fn=None, reduce_mean: bool = True, co
             state["step"] += 1
             state["ema"].update(model.parameters())
             return {"loss": loss.detach(), "grad_norm": grad_norm.detach()}
-        ema = state["ema"]
-        with torch.no_grad(), autocast(batch.device.type):
-            ema.store(model.parameters())
-            ema.copy_to(model.parameters())
-            try:
-                loss = loss_fn(model, batch)
-            finally:
-                ema.restore(model.parameters())
+        with torch.no_grad(), state["ema"].average_parameters(model.parameters()):
+            loss = loss_fn(model, batch)
         return {"loss": loss.detach()}
 
     return step_fn

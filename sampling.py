@@ -95,11 +95,12 @@ def no_predictor_step(sde, score_fn, x, t, aty, csm, mask, *, weight, noise, num
     return x, x
 
 
-def sampling_schedule(config, sde) -> tuple[int, float]:
-    """`(steps, snr)`: `sampling.N` and `sampling.snr_accelerated` with accelerated sampling, else N and snr."""
+def sampling_schedule(config) -> tuple[int, float]:
+    """`(steps, snr)`: `sampling.N` and `sampling.snr_accelerated` with accelerated sampling, else
+    `model.num_scales` (the SDE's N) and `sampling.snr`."""
     if config.sampling.accelerated_sampling:
         return config.sampling.N, config.sampling.snr_accelerated
-    return sde.N, config.sampling.snr
+    return config.model.num_scales, config.sampling.snr
 
 
 class SampleNoise:
@@ -147,7 +148,7 @@ def pc_sampler(config, sde, score_fn, y, csm, mask, noise, show_progress: bool =
     """
     c = config.sampling
     predictor, corrector = PREDICTORS.get(c.predictor), CORRECTORS.get(c.corrector)
-    steps, snr = sampling_schedule(config, sde)
+    steps, snr = sampling_schedule(config)
     counted = CountedScore(score_fn)
     x = initial_state(sde, y, csm, noise)
     aty = sense_adjoint(y, csm, mask)
@@ -169,7 +170,7 @@ def ode_sampler(config, sde, score_fn, y, csm, mask, noise, show_progress: bool 
 
     `x ← x + (f − ½g²(s − d))·dt`; the only randomness is the initial state. Returns `(x, nfe)`.
     """
-    steps, _ = sampling_schedule(config, sde)
+    steps, _ = sampling_schedule(config)
     counted = CountedScore(score_fn)
     x = initial_state(sde, y, csm, noise)
     aty = sense_adjoint(y, csm, mask)

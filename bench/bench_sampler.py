@@ -58,7 +58,7 @@ def measure(config, batch: int, coils: int, repeats: int) -> dict:
     aty = sense_adjoint(y, csm, mask)
     t = torch.full((batch,), 0.5, device=device)
     s = config.sampling
-    steps, snr = sampling.sampling_schedule(config, sde)
+    steps, snr = sampling.sampling_schedule(config)
     predictor, corrector = sampling.PREDICTORS.get(s.predictor), sampling.CORRECTORS.get(s.corrector)
 
     def forward():

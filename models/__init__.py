@@ -38,8 +38,11 @@ def get_model_fn(model: nn.Module, train: bool = False) -> ModelFn:
     return model_fn
 
 
-def get_score_fn(sde, model: nn.Module, train: bool = False, continuous: bool = True) -> ModelFn:
-    """`score_fn(x [B, C, H, W], t [B]) -> score [B, C, H, W]`: the network at labels `sde.marginal_std(t)`."""
+def get_score_fn(sde, model: nn.Module, train: bool = False, continuous: bool = True, bf16: bool = False) -> ModelFn:
+    """`score_fn(x [B, C, H, W], t [B]) -> score [B, C, H, W]`: the network at labels `sde.marginal_std(t)`.
+
+    `bf16` runs the network under bfloat16 autocast (on the device of `x`) and returns the score as float32.
+    """
     if not continuous:
         raise ValueError("only continuous-time score networks are supported: set training.continuous=True "
                          "(as in all published HFS-SDE, VP-SDE and VE-SDE experiments)")
@@ -48,4 +51,8 @@ def get_score_fn(sde, model: nn.Module, train: bool = False, continuous: bool = 
     def score_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return model_fn(x, sde.marginal_std(t))
 
-    return score_fn
+    def bf16_score_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16):
+            return score_fn(x, t).float()
+
+    return bf16_score_fn if bf16 else score_fn

@@ -5,6 +5,7 @@ model's trainable `parameters()` (score_sde_pytorch / HFS-SDE `models/ema.py`).
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Iterable
 
 import torch
@@ -66,6 +67,18 @@ class ExponentialMovingAverage:
                              "call store(model.parameters()) first, with the same model")
         for saved, param in zip(self.collected_params, params):
             param.copy_(saved)
+
+    @contextlib.contextmanager
+    def average_parameters(self, parameters: Iterable[torch.Tensor]):
+        """Swap the averages into `parameters` while the block runs; the weights are restored afterwards (also
+        when the block raises)."""
+        parameters = list(parameters)
+        self.store(parameters)
+        self.copy_to(parameters)
+        try:
+            yield
+        finally:
+            self.restore(parameters)
 
     def state_dict(self) -> dict[str, Any]:
         """`{"decay": float, "num_updates": int | None, "shadow_params": list of tensors}` (published format)."""

@@ -13,8 +13,6 @@ import torch.distributed as dist
 
 
 @dataclasses.dataclass
-
-
 class Dist:
     """Rank, world size and device of this process (world size 1 without torchrun)."""
 

@@ -70,8 +70,7 @@ def setting_name(config) -> str:
     s = config.sampling
     parts = [_datashift(config), mask_name(s.mask_type, s.acc, s.acs), s.method]
     if is_diffusion(s.method):
-        steps = s.N if s.accelerated_sampling else config.model.num_scales
-        snr = s.snr_accelerated if s.accelerated_sampling else s.snr
+        steps, snr = sampling.sampling_schedule(config)
         ckpt = os.path.splitext(os.path.basename(s.checkpoint))[0] if s.checkpoint else f"ckpt{s.ckpt}"
         parts += [config.training.sde, ckpt, s.predictor, s.corrector, f"N{steps}", f"snr{snr:g}", f"mse{s.mse:g}",
                   f"cmse{s.corrector_mse:g}", "ema" if s.use_ema else "raw", f"seed{s.seed}"]
@@ -102,9 +101,7 @@ def build_reconstructor(config, workdir: str):
     model.eval()
     bf16, compile_ = cuda_speed_options(config, "sampling")
     score_fn = get_score_fn(sde, torch.compile(model) if compile_ else model, train=False,
-                            continuous=config.training.continuous)
-    if bf16:
-        score_fn = _bf16(score_fn)
+                            continuous=config.training.continuous, bf16=bf16)
     sampler = sampling.SAMPLERS[method]
     _check_low_frequencies_measured(config, sde)
 
@@ -114,14 +111,6 @@ def build_reconstructor(config, workdir: str):
         return r2c(x), nfe
 
     return reconstruct_batch, f"{method} with {path} (step {step})"
-
-
-def _bf16(score_fn):
-    """The score function under bfloat16 autocast, returning float32."""
-    def score(x, t):
-        with torch.autocast(device_type="cuda", dtype=torch.bfloat16):
-            return score_fn(x, t).float()
-    return score
 
 
 def _check_low_frequencies_measured(config, sde) -> None:

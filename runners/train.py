@@ -98,22 +98,6 @@ def _build_model(config, ctx: Dist, compile_: bool):
     return model, wrapped
 
 
-@contextlib.contextmanager
-
-
-def _ema_weights(ema: ExponentialMovingAverage, model: torch.nn.Module, enabled: bool = True):
-    """Swap the EMA averages into `model` for the duration of the block."""
-    if not enabled:
-        yield
-        return
-    ema.store(model.parameters())
-    ema.copy_to(model.parameters())
-    try:
-        yield
-    finally:
-        ema.restore(model.parameters())
-
-
 def _every(step: int, freq: int) -> bool:
     return freq > 0 and step % freq == 0
 
@@ -332,7 +316,9 @@ class _TrainLoop:
         score_fn = models.get_score_fn(self.sde, self.model, train=False, continuous=self.config.training.continuous)
         noise = sampling.SampleNoise([self.config.sampling.seed], self.ctx.device)
         sampler = sampling.SAMPLERS.get(self.config.sampling.method, sampling.pc_sampler)  # PC for baseline methods
-        with _ema_weights(self.state["ema"], self.model, self.config.sampling.use_ema):
+        weights = (self.state["ema"].average_parameters(self.model.parameters()) if self.config.sampling.use_ema
+                   else contextlib.nullcontext())
+        with weights:
             x, _ = sampler(self.config, self.sde, score_fn, mask * kspace, maps, mask, noise)
         self.train_model.train()
         reference = sense_adjoint(kspace, maps, 1.0).abs()[0]
@@ -380,8 +366,6 @@ def _describe(loop: _TrainLoop) -> None:
 
 
 @contextlib.contextmanager
-
-
 def _log_file(path: str, enabled: bool):
     """Copy log records to `path` (appending) while the block runs."""
     if not enabled:

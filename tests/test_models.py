@@ -232,6 +232,19 @@ def test_score_fn_labels_are_marginal_std_and_output_is_the_score(sde_class):
         get_score_fn(sde, stub, continuous=False)
 
 
+def test_bf16_score_fn_runs_under_autocast_and_returns_float32():
+    class Conv(torch.nn.Conv2d):
+        def forward(self, x, labels):
+            out = super().forward(x)
+            self.dtype_seen = out.dtype
+            return out
+
+    net = Conv(2, 2, 1)
+    x, t = torch.randn(2, 2, 4, 4), torch.tensor([0.2, 0.7])
+    score = get_score_fn(sde_lib.VPSDE(tiny_config()), net, bf16=True)(x, t)
+    assert net.dtype_seen == torch.bfloat16 and score.dtype == torch.float32
+
+
 def test_model_fn_sets_train_and_eval_mode():
     stub = _StubModel()
     get_model_fn(stub, train=True)(torch.zeros(1), torch.zeros(1))
@@ -275,6 +288,10 @@ def test_ema_copy_store_restore_and_load_validation():
     ema.copy_to(model.parameters())
     assert all(torch.all(p == 7.0) for p in model.parameters())
     ema.restore(model.parameters())
+    assert all(torch.equal(p, o) for p, o in zip(model.parameters(), original))
+    with pytest.raises(KeyError), ema.average_parameters(model.parameters()):
+        assert all(torch.all(p == 7.0) for p in model.parameters())
+        raise KeyError("the weights come back even when the block fails")
     assert all(torch.equal(p, o) for p, o in zip(model.parameters(), original))
 
     other = ExponentialMovingAverage(model.parameters(), decay=0.5)
