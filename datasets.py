@@ -14,6 +14,7 @@ modification time, so a changed or added file is re-read and nothing is written 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -27,6 +28,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from utils.augment import AUGMENT_KEYS, augment_slice
+from utils.common import derived_seed
 from utils.mri import center_crop, fft2c, ifft2c, sense_adjoint, sense_forward
 
 log = logging.getLogger(__name__)
@@ -386,14 +388,13 @@ def get_dataset(config, mode: str) -> DataLoader:
     """DataLoader of the training (`train`), validation (`eval`) or reconstruction (`test`) slices.
 
     - `train`: `data.root` / `data.maps_root`, first `training.skip_slices` slices of each volume left out,
-      shuffled, `training.batch_size` per process, incomplete last batch dropped.
-    - `eval`: `data.eval_root` / `data.eval_maps_root`, slices skipped as for training, shuffled (each
-      `next(iter(loader))` is a fresh random batch), `training.batch_size`.
+      augmented (`data.augment`); the loader of epoch 0 made by `train_loader`, which makes every epoch's loader.
+    - `eval`: `data.eval_root` / `data.eval_maps_root`, slices skipped as for training, in file order,
+      `training.batch_size` (the first batch is training's held-out batch).
     - `test`: `data.test_roots[sampling.datashift]` (`photom` is read as `phantom`) with maps in
       `data.test_maps_roots[...]` (empty: `<root>_maps`), every slice in file order, `sampling.batch_size`.
 
-    Workers: `training.num_workers`; `pin_memory` when `config.device` is CUDA; a `DistributedSampler` for `train`
-    and `eval` when `torch.distributed` is initialised (call its `set_epoch` each epoch).
+    Workers: `training.num_workers`; `pin_memory` when `config.device` is CUDA.
     """
     if mode not in MODES:
         raise ValueError(f"unknown dataset mode {mode!r}; choose one of {list(MODES)}")
@@ -402,17 +403,53 @@ def get_dataset(config, mode: str) -> DataLoader:
     dataset = MultiCoilSliceDataset(root, maps_root, config, skip_slices=skip, skip_broken=config.data.skip_broken,
                                     augment=mode == "train")
     batch_size = int(config.training.batch_size if mode != "test" else config.sampling.batch_size)
-    distributed = mode != "test" and torch.distributed.is_available() and torch.distributed.is_initialized()
-    per_process = len(dataset) // torch.distributed.get_world_size() if distributed else len(dataset)
-    if mode == "train" and per_process < batch_size:
-        raise DataError(f"training.batch_size={batch_size} is larger than the {per_process} training slices per "
-                        f"process in {root} ({len(dataset)} after skipping {skip} slices per volume); lower "
-                        f"training.batch_size (e.g. --config.training.batch_size={max(per_process, 1)}), lower "
-                        f"training.skip_slices, or add data")
-    shuffle = mode != "test"
-    sampler = DistributedSampler(dataset, shuffle=shuffle, drop_last=mode == "train") if distributed else None
-    num_workers = int(config.training.num_workers)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
-                      drop_last=mode == "train", num_workers=num_workers, collate_fn=collate_multicoil,
-                      pin_memory=str(config.device).startswith("cuda"),
-                      persistent_workers=num_workers > 0 and mode != "test")
+    if mode == "train":
+        per_process = len(dataset) // _rank_and_world_size()[1]
+        if per_process < batch_size:
+            raise DataError(f"training.batch_size={batch_size} is larger than the {per_process} training slices "
+                            f"per process in {root} ({len(dataset)} after skipping {skip} slices per volume); lower "
+                            f"training.batch_size (e.g. --config.training.batch_size={max(per_process, 1)}), lower "
+                            f"training.skip_slices, or add data")
+        return train_loader(dataset, config, epoch=0)
+    return DataLoader(dataset, batch_size=batch_size, num_workers=int(config.training.num_workers),
+                      collate_fn=collate_multicoil, pin_memory=str(config.device).startswith("cuda"))
+
+
+def _rank_and_world_size() -> tuple[int, int]:
+    """`(rank, world size)` of `torch.distributed` when initialised (torchrun), else `(0, 1)`."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+class EpochSampler(DistributedSampler):
+    """The slice indices of one epoch for one process: a `DistributedSampler` shuffled with `seed + epoch`, one
+    shard per rank, incomplete last batch dropped, that starts part-way into the epoch by skipping `skip` indices."""
+
+    def __init__(self, dataset, rank: int, world_size: int, seed: int, epoch: int, skip: int):
+        super().__init__(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True)
+        self.set_epoch(epoch)
+        self.skip = skip
+
+    def __iter__(self):
+        return itertools.islice(super().__iter__(), self.skip, None)
+
+    def __len__(self) -> int:
+        return max(super().__len__() - self.skip, 0)
+
+
+def train_loader(dataset: MultiCoilSliceDataset, config, epoch: int, skip_batches: int = 0) -> DataLoader:
+    """The training batches of `epoch` on this process, from batch `skip_batches` on (a resumed epoch).
+
+    This process's shard (`torch.distributed` rank) of `dataset` in the order seeded by `config.seed` and `epoch`,
+    `training.batch_size` slices per batch, the incomplete last batch dropped; the augmentation is seeded by
+    `(seed, epoch, slice)` and the `training.num_workers` worker processes by `(seed, epoch, rank)`, so an epoch
+    reads the same batches whether it runs whole or is resumed.
+    """
+    rank, world_size = _rank_and_world_size()
+    batch_size, seed = int(config.training.batch_size), int(config.seed)
+    dataset.set_epoch(epoch)
+    sampler = EpochSampler(dataset, rank, world_size, seed, epoch, skip_batches * batch_size)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=int(config.training.num_workers),
+                      collate_fn=collate_multicoil, pin_memory=str(config.device).startswith("cuda"), drop_last=True,
+                      generator=torch.Generator().manual_seed(derived_seed(seed, epoch, rank)))

@@ -18,11 +18,10 @@ import os
 import sys
 import time
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
@@ -35,7 +34,7 @@ from models.ema import ExponentialMovingAverage
 from runners.distributed import Dist, all_rng_states, from_rank0, init_distributed, set_rng_state
 from runners.run_folder import FINISHED_FILE, META_CHECKPOINT, open_run, save_config
 from utils import checkpoints, metrics
-from utils.common import cuda_speed_options, seed_everything
+from utils.common import cuda_speed_options, derived_seed, seed_everything
 from utils.masks import get_mask
 from utils.mri import c2r, r2c, sense_adjoint
 
@@ -44,44 +43,12 @@ _USER_ERRORS = (ValueError, OSError)
 
 
 # ---- data -------------------------------------------------------------------------------------------------------
-class _ShardSampler(DistributedSampler):
-    """DistributedSampler (shuffled with `seed + epoch`, one shard per rank) that can start part-way into an epoch
-    by skipping its first `skip` indices."""
-
-    def __init__(self, dataset, ctx: Dist, seed: int, epoch: int, skip: int):
-        super().__init__(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed,
-                         drop_last=True)
-        self.set_epoch(epoch)
-        self.skip = skip
-
-    def __iter__(self):
-        return itertools.islice(super().__iter__(), self.skip, None)
-
-    def __len__(self) -> int:
-        return max(super().__len__() - self.skip, 0)
-
-
-def _epoch_loader(base: DataLoader, batch_size: int, ctx: Dist, seed: int, epoch: int, skip: int) -> DataLoader:
-    """`base` reading this rank's shard in the seeded order of `epoch`, from batch `skip` on."""
-    sampler = _ShardSampler(base.dataset, ctx, seed, epoch, skip * batch_size)
-    workers = base.num_workers
-    return DataLoader(base.dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                      collate_fn=base.collate_fn, pin_memory=ctx.device.type == "cuda", drop_last=base.drop_last,
-                      worker_init_fn=base.worker_init_fn, prefetch_factor=base.prefetch_factor,
-                      generator=torch.Generator().manual_seed(derived_seed(seed, epoch, ctx.rank)))
-
-
 def images_from_batch(batch: dict, device: torch.device, channels_last: bool = False) -> torch.Tensor:
     """Training images of a loader batch: the map-combined image `Aᴴk` (M = 1) as real `[B, 2, H, W]` on `device`."""
     kspace = batch["kspace"].to(device, non_blocking=True)
     maps = batch["maps"].to(device, non_blocking=True)
     images = c2r(sense_adjoint(kspace, maps, 1.0))
     return images.contiguous(memory_format=torch.channels_last) if channels_last else images
-
-
-def derived_seed(*keys: int) -> int:
-    """A 63-bit seed mixed from integer `keys` (e.g. seed, epoch, rank), distinct for distinct keys."""
-    return int(np.random.SeedSequence(list(keys)).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
 # ---- model ------------------------------------------------------------------------------------------------------
@@ -111,23 +78,23 @@ class _TrainLoop:
 
         The run folder is chosen afterwards (`run_dir`), so a setup error leaves no folder behind.
         """
-        self.config, self.ctx, t = config, ctx, config.training
+        self.config, self.ctx, training = config, ctx, config.training
         self.run_dir = ""
         self.sde = sde_lib.get_sde(config)
-        self.base_loader = datasets.get_dataset(config, "train")
-        self.batch_size = config.training.batch_size
+        self.train_set = datasets.get_dataset(config, "train").dataset
         self.steps_per_epoch = len(self._loader(0, 0))
         bf16, compile_ = cuda_speed_options(config, "training")
         self.model, self.train_model = _build_model(config, ctx, compile_)
         optimizer = losses.get_optimizer(config, self.train_model.parameters())
         ema = ExponentialMovingAverage(self.train_model.parameters(), decay=config.model.ema_rate)
         self.state = dict(model=self.train_model, ema=ema, optimizer=optimizer, step=0, epoch=0, batch_in_epoch=0)
-        self.train_step = losses.get_step_fn(self.sde, True, losses.optimization_manager(config), t.reduce_mean,
-                                             t.continuous, t.likelihood_weighting, t.eps, bf16)
-        self.eval_step = losses.get_step_fn(self.sde, False, None, t.reduce_mean, t.continuous,
-                                            t.likelihood_weighting, t.eps, bf16)
-        self.held_out = self._held_out_batch() if (t.eval_freq > 0 or t.snapshot_sampling) else None
-        self.sample_mask = get_mask(config, "sample") if t.snapshot_sampling else None
+        self.train_step = losses.get_step_fn(self.sde, True, losses.optimization_manager(config),
+                                             training.reduce_mean, training.continuous,
+                                             training.likelihood_weighting, training.eps, bf16)
+        self.eval_step = losses.get_step_fn(self.sde, False, None, training.reduce_mean, training.continuous,
+                                            training.likelihood_weighting, training.eps, bf16)
+        self.held_out = self._held_out_batch() if (training.eval_freq > 0 or training.snapshot_sampling) else None
+        self.sample_mask = get_mask(config, "sample") if training.snapshot_sampling else None
         self.last_saved: tuple[str, int] | None = None
         self._sampled_at = -1
         self.writer: SummaryWriter | None = None
@@ -135,12 +102,11 @@ class _TrainLoop:
 
     # -- setup helpers --
     def _loader(self, epoch: int, skip: int) -> DataLoader:
-        return _epoch_loader(self.base_loader, self.batch_size, self.ctx, self.config.seed, epoch, skip)
+        return datasets.train_loader(self.train_set, self.config, epoch, skip)
 
     def _held_out_batch(self) -> dict:
         """The first `training.batch_size` validation slices (`data.eval_root`) in file order, on the device."""
-        loader = datasets.get_dataset(self.config, "eval")
-        batch = next(iter(DataLoader(loader.dataset, batch_size=loader.batch_size, collate_fn=loader.collate_fn)))
+        batch = next(iter(datasets.get_dataset(self.config, "eval")))
         images = images_from_batch(batch, self.ctx.device, self.config.training.channels_last)
         return {"images": images, "kspace": batch["kspace"][:1].to(self.ctx.device),
                 "maps": batch["maps"][:1].to(self.ctx.device)}
@@ -249,15 +215,15 @@ class _TrainLoop:
         w["images"] += images.shape[0]
 
     def _after_step(self, bar) -> None:
-        step, t = self.state["step"], self.config.training
-        if _every(step, t.log_freq):
+        step, training = self.state["step"], self.config.training
+        if _every(step, training.log_freq):
             self._log(bar)
-        if _every(step, t.eval_freq):
+        if _every(step, training.eval_freq):
             self._paused(self._evaluate)
-        if _every(step, t.snapshot_freq):
+        if _every(step, training.snapshot_freq):
             self._save([os.path.join("checkpoints", f"checkpoint_step_{step}.pth"), META_CHECKPOINT])
             self._sample_snapshot()
-        elif _every(step, t.snapshot_freq_for_preemption):
+        elif _every(step, training.snapshot_freq_for_preemption):
             self._save([META_CHECKPOINT])
 
     # -- logging --
@@ -361,7 +327,7 @@ def _describe(loop: _TrainLoop) -> None:
     logging.info("%s network, %.2fM parameters, %s SDE, device %s, %d process(es)", c.model.name, n_params / 1e6,
                  c.training.sde, ctx.device, ctx.world_size)
     logging.info("%d training slices, batch %d per process (global %d), %d steps per epoch, %d steps in all",
-                 len(loop.base_loader.dataset), c.training.batch_size, c.training.batch_size * ctx.world_size,
+                 len(loop.train_set), c.training.batch_size, c.training.batch_size * ctx.world_size,
                  loop.steps_per_epoch, loop.total_steps())
 
 

@@ -201,12 +201,28 @@ def test_get_dataset_modes_and_loader_settings(make_fastmri):
     config.training.batch_size = 4
     loader = datasets.get_dataset(config, "train")
     assert loader.batch_size == 4 and loader.drop_last and len(loader) == 1 and not loader.pin_memory
-    assert isinstance(loader.sampler, torch.utils.data.RandomSampler)
+    assert isinstance(loader.sampler, datasets.EpochSampler) and loader.sampler.shuffle
     eval_loader = datasets.get_dataset(config, "eval")
     assert eval_loader.dataset.kspace_root == val.root and eval_loader.dataset.maps_root == val.maps_root
     assert not eval_loader.drop_last and len(eval_loader.dataset) == 3
+    first = [(b["fname"], b["slice"].tolist()) for b in eval_loader]
+    assert first == [(b["fname"], b["slice"].tolist()) for b in eval_loader]  # file order, every time
+    assert first[0] == (["file1000"] * 3, [0, 1, 2])
     config.device = "cuda:0"
     assert datasets.get_dataset(config, "eval").pin_memory
+
+
+def test_train_loader_epochs_are_seeded_and_resume_part_way(make_fastmri):
+    folder = make_fastmri(files=2, slices=4)
+    config = _config(data__root=folder.root)
+    dataset = datasets.get_dataset(config, "train").dataset
+
+    def order(epoch, skip=0):
+        return [(f, s) for b in datasets.train_loader(dataset, config, epoch, skip)
+                for f, s in zip(b["fname"], b["slice"].tolist())]
+
+    assert order(3) == order(3) and order(3) != order(4) and sorted(order(3)) == sorted(order(4))
+    assert order(3, skip=2) == order(3)[2 * config.training.batch_size:]
 
 
 def test_loader_with_worker_processes(make_fastmri):

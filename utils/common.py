@@ -43,6 +43,11 @@ def append_dims(v: torch.Tensor, ndim: int) -> torch.Tensor:
     return v.reshape(v.shape + (1,) * (ndim - v.ndim))
 
 
+def derived_seed(*keys: int) -> int:
+    """A 63-bit seed mixed from integer `keys` (e.g. seed, epoch, rank), distinct for distinct keys."""
+    return int(np.random.SeedSequence(list(keys)).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, numpy and torch (all devices)."""
     random.seed(seed)
