@@ -46,7 +46,6 @@ def get_default_configs() -> ml_collections.ConfigDict:
     sampling.corrector = "langevin"  # langevin | none
     sampling.n_steps_each = 1
     sampling.noise_removal = True
-    sampling.probability_flow = False
     sampling.snr = 0.16
     sampling.snr_accelerated = 0.32  # snr used instead when accelerated_sampling is on
     sampling.mse = 2.5  # data-consistency weight of the predictor
@@ -77,11 +76,9 @@ def get_default_configs() -> ml_collections.ConfigDict:
 
     # Data.
     config.data = data = ml_collections.ConfigDict()
-    data.dataset_name = "fastMRI_knee"
     data.image_size = 320
     data.num_channels = 2
     data.centered = False
-    data.random_flip = False
     data.normalize_type = "std"  # std | img_std | minmax
     data.normalize_coeff = 1.5
     data.root = "data/phantom/train"  # folder of fastMRI multi-coil .h5 files (training)
