@@ -11,11 +11,12 @@ from utils.mri import sense_adjoint
 
 
 def published_checkpoint(model):
-    """The dict layout the published training wrote: DataParallel `module.` keys, EMA, optimizer, step."""
-    params = [p.detach().clone() for p in model.parameters()]
-    return {"optimizer": {"state": {}, "param_groups": [{"lr": 2e-4, "params": list(range(len(params)))}]},
+    """The dict layout the published training wrote: DataParallel `module.` keys, EMA, optimizer, step. The EMA
+    averages differ from the raw weights (raw + 0.01), so the two loading paths give different networks."""
+    averages = [p.detach() + 0.01 for p in model.parameters()]
+    return {"optimizer": {"state": {}, "param_groups": [{"lr": 2e-4, "params": list(range(len(averages)))}]},
             "model": {"module." + k: v for k, v in model.state_dict().items()},
-            "ema": {"decay": 0.9999, "num_updates": 10, "shadow_params": params},
+            "ema": {"decay": 0.9999, "num_updates": 10, "shadow_params": averages},
             "step": 123}
 
 
@@ -31,10 +32,14 @@ def test_paper_checkpoint_loads_and_runs_one_step(tmp_path, paper_model):
     config, source = paper_model
     path = tmp_path / "checkpoint_190.pth"
     torch.save(published_checkpoint(source), path)
+    raw = create_model(config)
+    assert load_model_weights(str(path), raw, use_ema=False, device="cpu") == 123
+    for a, b in zip(raw.state_dict().values(), source.state_dict().values()):
+        assert torch.equal(a, b)
     model = create_model(config)
     assert load_model_weights(str(path), model, use_ema=True, device="cpu") == 123
-    for a, b in zip(model.state_dict().values(), source.state_dict().values()):
-        assert torch.equal(a, b)
+    for a, b in zip(model.parameters(), source.parameters()):
+        assert torch.equal(a, b + 0.01)
 
     sde = sde_lib.get_sde(config)
     score_fn = get_score_fn(sde, model.eval(), train=False)

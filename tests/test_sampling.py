@@ -1,4 +1,6 @@
 """Sampler steps against an independent float64 numpy version of DESIGN.md §3, and sampler invariants."""
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -211,25 +213,28 @@ def psnr(ref, img):
     return 20 * np.log10(np.abs(ref).max() / np.sqrt(np.mean((np.abs(ref) - np.abs(img)) ** 2)))
 
 
-@pytest.mark.parametrize("name,predictor", [("hfssde", "euler_maruyama"), ("vpsde", "euler_maruyama")])
-def test_strong_prior_reconstructs_the_phantom(name, predictor):
+@pytest.mark.parametrize("name", ["hfssde", "vpsde"])
+def test_data_consistency_recovers_what_the_prior_lacks(name):
+    """The prior is a Gaussian around the phantom's outline (no inner structure; 3 dB below zero-filled): only the
+    data-consistency term can put the structure back, so without it (mse = corrector_mse = 0) this test fails."""
     import sigpy.mri
     config = sampler_config(name, steps=100)
-    config.sampling.predictor = predictor
-    config.sampling.mse, config.sampling.corrector_mse = 0.5, 0.1
+    config.sampling.mse, config.sampling.corrector_mse = 2.5, 1.0
     sde = sde_lib.get_sde(config)
     truth = phantom(H)
+    yy, xx = np.mgrid[-1:1:H * 1j, -1:1:W * 1j]
+    outline = ((xx / 0.8) ** 2 + (yy / 0.9) ** 2 < 1) * np.exp(1j * 0.5 * xx)
     csm = sigpy.mri.birdcage_maps((4, H, W)).astype(np.complex64)
     mask = make_mask("uniform", H, acc=4, acs=6)
     csmt, maskt = torch.from_numpy(csm)[None], torch.from_numpy(mask)
-    truth_t = torch.from_numpy(truth.astype(np.complex64))[None, None]
-    yt = mri.sense_forward(truth_t, csmt, maskt)
-    mu = mri.c2r(truth_t)
-    out, _ = sampling.pc_sampler(config, sde, gaussian_prior_score(sde, mu, 0.05), yt, csmt, maskt,
+    yt = mri.sense_forward(torch.from_numpy(truth.astype(np.complex64))[None, None], csmt, maskt)
+    mu = mri.c2r(torch.from_numpy(outline.astype(np.complex64))[None, None])
+    out, _ = sampling.pc_sampler(config, sde, gaussian_prior_score(sde, mu, 0.1), yt, csmt, maskt,
                                  sampling.SampleNoise([0], "cpu"))
     recon = mri.r2c(out)[0, 0].numpy()
     zero_filled = mri.sense_adjoint(yt, csmt, maskt)[0, 0].numpy()
-    assert psnr(truth, recon) >= psnr(truth, zero_filled) + 5
+    assert psnr(truth, recon) >= psnr(truth, zero_filled) + 2.5
+    assert psnr(truth, recon) >= psnr(truth, outline) + 5
 
 
 def test_ode_sampler_runs_and_is_deterministic_given_the_start():
@@ -240,6 +245,37 @@ def test_ode_sampler_runs_and_is_deterministic_given_the_start():
     a, nfe = sampling.ode_sampler(config, sde, torch_score, yt, csmt, maskt, sampling.SampleNoise([1, 2], "cpu"))
     b, _ = sampling.ode_sampler(config, sde, torch_score, yt, csmt, maskt, sampling.SampleNoise([1, 2], "cpu"))
     assert torch.isfinite(a).all() and torch.equal(a, b) and nfe == 6
+
+
+@pytest.mark.parametrize("name", ["hfssde", "vpsde"])
+def test_ode_drift_vanishes_for_standard_normal_data(name):
+    """Data x₀ ~ N(0, I) (on the diffusing subspace) keep the marginal N(0, I), score −Px, so the probability-flow
+    drift `f − ½g²s = −½βPx + ½βPx` is zero: without data consistency the ODE leaves its start unchanged."""
+    config = sampler_config(name, steps=20)
+    config.sampling.mse = 0.0
+    sde = sde_lib.get_sde(config)
+    x, csm, mask, y, _, _ = problem(10)
+    _, csmt, maskt, yt = torchify(x, csm, mask, y)
+    start = sampling.initial_state(sde, yt, csmt, sampling.SampleNoise([3, 4], "cpu"))
+    out, _ = sampling.ode_sampler(config, sde, lambda x_, t_: -sde.project(x_), yt, csmt, maskt,
+                                  sampling.SampleNoise([3, 4], "cpu"))
+    torch.testing.assert_close(out, start, rtol=0, atol=1e-5)
+
+
+def test_ode_integrates_the_vp_drift_from_one_to_eps():
+    """With a zero score the VP probability-flow ODE is `dx/dt = −½β(t)x`, so integrating from t = 1 down to ε
+    gives `x(ε) = x(1)·e^{c(ε) − c(1)}` (1000 Euler steps: within 2 %)."""
+    config = sampler_config("vpsde", steps=1000)
+    config.sampling.mse = 0.0
+    sde = sde_lib.get_sde(config)
+    x, csm, mask, y, _, _ = problem(11)
+    _, csmt, maskt, yt = torchify(x, csm, mask, y)
+    start = sampling.initial_state(sde, yt, csmt, sampling.SampleNoise([5, 6], "cpu"))
+    out, _ = sampling.ode_sampler(config, sde, lambda x_, t_: torch.zeros_like(x_), yt, csmt, maskt,
+                                  sampling.SampleNoise([5, 6], "cpu"))
+    eps = config.sampling.eps
+    growth = math.exp(0.25 * (1 - eps ** 2) * (B1 - B0) + 0.5 * (1 - eps) * B0)  # e^{c(ε) − c(1)}, about 156
+    torch.testing.assert_close(out, start * growth, rtol=2e-2, atol=0)
 
 
 def test_unknown_predictor_and_corrector():
