@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from sigpy.mri.app import L1WaveletRecon
 
-from utils.common import Registry, append_dims
-from utils.mri import sense_adjoint, sense_normal
+from utils.common import Registry
+from utils.mri import conjugate_gradient, sense_adjoint, sense_normal
 
 Baseline = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, ml_collections.ConfigDict], torch.Tensor]
 BASELINES: Registry[Baseline] = Registry("baseline method")
@@ -45,46 +45,6 @@ def _check_inputs(y: torch.Tensor, csm: torch.Tensor, mask: torch.Tensor) -> Non
     if not fits:
         raise ValueError(f"sampling mask of shape {tuple(mask.shape)} does not match the k-space size "
                          f"{(height, width)}; build the mask for this matrix size (shape [H, W] or [1, 1, H, W])")
-
-
-def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Real part of the per-sample inner product `Re⟨a, b⟩ = Re Σ conj(a) b` over all but dim 0: `[B]`."""
-    return torch.sum((a.conj() * b).real, dim=tuple(range(1, a.ndim)))
-
-
-def _safe_div(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
-    """`num / den` where `den > 0`, else 0 (a converged sample takes no further step)."""
-    positive = den > 0
-    return torch.where(positive, num / torch.where(positive, den, torch.ones_like(den)), torch.zeros_like(num))
-
-
-def conjugate_gradient(normal_op: Callable[[torch.Tensor], torch.Tensor], rhs: torch.Tensor,
-                       num_iters: int) -> torch.Tensor:
-    """Solve `N x = rhs` for every sample of a batch by `num_iters` conjugate-gradient iterations from `x = 0`.
-
-    Args:
-        normal_op: Hermitian positive semi-definite operator `N` acting on each sample (dim 0) independently,
-            e.g. `x ↦ AᴴA x`.
-        rhs: right-hand side `[B, ...]` (real or complex).
-        num_iters: number of iterations (≥ 0).
-
-    Returns:
-        the iterate `x_k`, shaped like `rhs`. Step sizes α and β are computed per sample, so a batch gives
-        the same iterates as separate runs; a sample whose residual is exactly zero stops moving.
-    """
-    x = torch.zeros_like(rhs)
-    r = rhs.clone()
-    p = r.clone()
-    rr = _dot(r, r)
-    for _ in range(num_iters):
-        normal_p = normal_op(p)
-        alpha = append_dims(_safe_div(rr, _dot(p, normal_p)), rhs.ndim)
-        x = x + alpha * p
-        r = r - alpha * normal_p
-        rr_next = _dot(r, r)
-        p = r + append_dims(_safe_div(rr_next, rr), rhs.ndim) * p
-        rr = rr_next
-    return x
 
 
 @BASELINES.register("zero_filled")

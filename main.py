@@ -2,6 +2,7 @@
 
     python main.py --mode train  --config configs/hfssde/ddpm_continuous.py [--workdir results]
     python main.py --mode sample --config configs/hfssde/ddpm_continuous.py --config.sampling.folder=<run>
+    python main.py --mode tune   --config configs/hfssde/brain_demo.py [--tune_metric ssim] [--tune_slices 2]
 
 Any config key can be overridden on the command line: `--config.training.batch_size=4`.
 This is the only module that reads absl flags; everything below takes `(config, workdir)`.
@@ -15,9 +16,12 @@ from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training/sampling configuration file.", lock_config=True)
-flags.DEFINE_enum("mode", None, ["train", "sample"], "Running mode: train or sample.")
+flags.DEFINE_enum("mode", None, ["train", "sample", "tune"], "Running mode: train, sample (reconstruct the test "
+                  "set) or tune (search the sampler settings on validation slices).")
 flags.DEFINE_string("workdir", "results", "Folder of runs (train starts a new run in it) or one run folder "
                     "(train resumes it).")
+flags.DEFINE_enum("tune_metric", "psnr", ["psnr", "ssim"], "tune: the score to maximise.")
+flags.DEFINE_integer("tune_slices", 2, "tune: how many validation slices (data.eval_root) score a trial.", lower_bound=1)
 flags.mark_flags_as_required(["config", "mode"])
 
 # Mistakes a user can fix (bad paths, values, names); anything else keeps its traceback.
@@ -47,6 +51,14 @@ def main(argv):
         if FLAGS.mode == "train":
             from runners.train import train
             train(config, FLAGS.workdir)
+        elif FLAGS.mode == "tune":
+            from runners.tune import tune
+            best = tune(config, FLAGS.workdir, FLAGS.tune_metric, FLAGS.tune_slices)
+            overrides = [a for a in sys.argv[1:] if a.startswith("--config.")]
+            command = " ".join(["python main.py --mode sample --config", config_flags.get_config_filename(
+                FLAGS["config"])] + overrides + [f"--config.sampling.tuned={best['folder']}/best.json"])
+            print(f"best of {best['trials']} trials: {best['sampling']} (PSNR {best['psnr']:.2f} dB, SSIM "
+                  f"{best['ssim']:.4f} on validation slices)\nreconstruct with them:\n  {command}")
         else:
             from runners.reconstruct import reconstruct
             reconstruct(config, FLAGS.workdir)

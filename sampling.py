@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import trange
 
 from utils.common import Registry, append_dims
-from utils.mri import c2r, r2c, sense_adjoint, sense_normal
+from utils.mri import c2r, conjugate_gradient, r2c, sense_adjoint, sense_normal
 
 PREDICTORS = Registry("predictor")
 CORRECTORS = Registry("corrector")
@@ -139,12 +139,61 @@ class CountedScore:
         return self.score_fn(x, t)
 
 
+FINAL_DC = ("none", "replace", "cg")
+
+
+def support(csm: torch.Tensor) -> torch.Tensor:
+    """Coil-map support `Σ_c |S_c|² > 0` as a real `[B, 1, H, W]` mask (zero where no coil sees the image)."""
+    return (csm.abs().square().sum(dim=1, keepdim=True) > 0).to(csm.real.dtype)
+
+
+def final_data_consistency(x, aty, csm, mask, mode: str, lamda: float, iters: int) -> torch.Tensor:
+    """Make a reconstruction `x` (real `[B, 2, H, W]`) agree with the measured k-space.
+
+    - `replace`: every coil's measured samples replace the predicted ones, `x ← Σ_c conj(S_c) F⁻¹(M y_c +
+      (1 − M) F(S_c x))` = `x + Aᴴ(y − A x)` where `Σ|S|² = 1`: one unit gradient step on `½‖A x − y‖²`. It
+      is the exact projection onto the data for one coil; with several coils the combination mixes measured and
+      predicted samples again, so it lowers the data residual without removing it;
+    - `cg`: `argmin ‖A x' − y‖² + λ‖x' − x‖²` by `iters` conjugate-gradient steps on `(AᴴA + λ)x' = Aᴴy + λx`
+      (λ = `sampling.dc_lambda`, in the units of the data): the multi-coil projection onto the data as λ → 0, a
+      compromise with the prior for noisy data;
+    - `none`: `x` unchanged.
+    """
+    if mode not in FINAL_DC:
+        raise ValueError(f"unknown sampling.final_dc {mode!r}; choose one of {list(FINAL_DC)}")
+    if mode == "none":
+        return x
+    image = r2c(x)
+    if mode == "replace":
+        return c2r(aty + sense_normal(image, csm, 1 - mask))
+    if lamda <= 0 or iters < 1:
+        raise ValueError(f"sampling.final_dc='cg' needs sampling.dc_lambda > 0 and sampling.cg_iters >= 1, got "
+                         f"{lamda} and {iters}")
+    return c2r(conjugate_gradient(lambda v: sense_normal(v, csm, mask) + lamda * v, aty + lamda * image, iters))
+
+
+def finish(config, sde, score_fn, x, t, aty, csm, mask) -> torch.Tensor:
+    """The clean-image options applied to a sampler's result `x` at its last time `t` (`[B]`), in this order:
+
+    `sampling.denoise`: one more score evaluation, `x ← x + σ(t)² P s(x, t)` (Tweedie's denoiser at the last
+    noise level); `sampling.support_mask`: `x ← x · 1[Σ|S|² > 0]`; `sampling.final_dc` (`final_data_consistency`).
+    """
+    c = config.sampling
+    if c.denoise:
+        _, std = sde.marginal_prob(x, t)
+        x = x + append_dims(std, x.ndim) ** 2 * sde.project(score_fn(x, t))
+    if c.support_mask:
+        x = x * support(csm).repeat(1, 2, 1, 1)
+    return final_data_consistency(x, aty, csm, mask, c.final_dc, c.dc_lambda, c.cg_iters)
+
+
 @torch.no_grad()
 def pc_sampler(config, sde, score_fn, y, csm, mask, noise, show_progress: bool = False):
     """Predictor–corrector reconstruction; returns `(x [B, 2, H, W], nfe)`.
 
     `t` runs from 1 to `sampling.eps` in the sampling schedule's steps; each step applies the corrector
-    (`sampling.n_steps_each` times), then the predictor. The result is the last `x̄` (`sampling.noise_removal`).
+    (`sampling.n_steps_each` times), then the predictor, and with `sampling.support_mask` keeps `x` on the coil-map
+    support. The result is the last `x̄` (`sampling.noise_removal`), passed through `finish`.
     """
     c = config.sampling
     predictor, corrector = PREDICTORS.get(c.predictor), CORRECTORS.get(c.corrector)
@@ -152,6 +201,7 @@ def pc_sampler(config, sde, score_fn, y, csm, mask, noise, show_progress: bool =
     counted = CountedScore(score_fn)
     x = initial_state(sde, y, csm, noise)
     aty = sense_adjoint(y, csm, mask)
+    inside = support(csm).repeat(1, 2, 1, 1) if c.support_mask else None
     x_mean = x
     timesteps = torch.linspace(sde.T, c.eps, steps, device=x.device)
     for i in trange(steps, disable=not show_progress, desc="PC sampling", leave=False):
@@ -161,14 +211,18 @@ def pc_sampler(config, sde, score_fn, y, csm, mask, noise, show_progress: bool =
                                   noise=noise(x.shape))
         x, x_mean = predictor(sde, counted, x, t, aty, csm, mask, weight=c.mse, noise=noise(x.shape),
                               num_steps=steps, project_score=c.project_score)
-    return (x_mean if c.noise_removal else x), counted.nfe
+        if inside is not None:
+            x, x_mean = x * inside, x_mean * inside
+    x = finish(config, sde, counted, x_mean if c.noise_removal else x, t, aty, csm, mask)
+    return x, counted.nfe
 
 
 @torch.no_grad()
 def ode_sampler(config, sde, score_fn, y, csm, mask, noise, show_progress: bool = False):
     """Probability-flow ODE with data consistency, integrated by Euler steps from 1 to `sampling.eps`.
 
-    `x ← x + (f − ½g²(s − d))·dt`; the only randomness is the initial state. Returns `(x, nfe)`.
+    `x ← x + (f − ½g²(s − d))·dt`; the only randomness is the initial state. The result passes through `finish`.
+    Returns `(x, nfe)`.
     """
     steps, _ = sampling_schedule(config)
     counted = CountedScore(score_fn)
@@ -183,6 +237,7 @@ def ode_sampler(config, sde, score_fn, y, csm, mask, noise, show_progress: bool 
         d = data_consistency(x, aty, csm, mask, s, config.sampling.mse)
         drift, _ = flow.sde(x, t, score=s - d)
         x = x + drift * dt
+    x = finish(config, sde, counted, x, timesteps[-1].expand(x.shape[0]), aty, csm, mask)
     return x, counted.nfe
 
 

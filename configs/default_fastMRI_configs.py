@@ -54,6 +54,13 @@ def get_default_configs() -> ml_collections.ConfigDict:
     sampling.N = 100  # sampling steps when accelerated_sampling is on (else model.num_scales)
     sampling.eps = 1e-3  # last diffusion time of the sampler (VE: 1e-5)
     sampling.project_score = False  # HFS: project the predictor's score into high-frequency space
+    # Clean-image options (sampling.finish; off as published): the coil-map support, a last denoising step, and a
+    # final data-consistency step: none | replace (measured samples replace the predicted ones) | cg (dc_lambda).
+    sampling.support_mask = False
+    sampling.denoise = False
+    sampling.final_dc = "none"
+    sampling.dc_lambda = 0.01
+    sampling.tuned = ""  # best.json of `main.py --mode tune`: its sampler settings replace these
     sampling.batch_size = 1
     sampling.mask_type = "uniform"  # uniform | cartesian | random_uniform | center | low_frequency
     sampling.acc = 10
@@ -70,7 +77,7 @@ def get_default_configs() -> ml_collections.ConfigDict:
     sampling.seed = 0
     sampling.max_slices = 0  # reconstruct at most this many slices when > 0
     sampling.show_progress = True
-    sampling.cg_iters = 30  # baselines: CG-SENSE iterations
+    sampling.cg_iters = 30  # conjugate-gradient iterations of CG-SENSE and of final_dc='cg'
     sampling.l1_lambda = 1e-3  # baselines: l1-wavelet regularisation weight
     sampling.l1_iters = 100
 

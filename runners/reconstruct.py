@@ -51,6 +51,23 @@ def check_method(method: str) -> None:
                          f"{sorted(sampling.SAMPLERS)} or a baseline {BASELINES.names()}")
 
 
+def apply_tuned(config) -> None:
+    """Set the values of `sampling.tuned` (a `best.json` of `main.py --mode tune`) into `config.sampling`; no-op when empty."""
+    path = config.sampling.tuned
+    if not path:
+        return
+    try:
+        with open(path) as f:
+            values = json.load(f)["sampling"]
+    except (OSError, ValueError, KeyError) as err:
+        raise ValueError(f"sampling.tuned={path}: not a readable best.json of `main.py --mode tune` ({err})") from err
+    unknown = sorted(set(values) - set(config.sampling.keys()))
+    if unknown:
+        raise ValueError(f"sampling.tuned={path} sets unknown sampling keys {unknown}")
+    for key, value in values.items():
+        config.sampling[key] = value
+
+
 def checkpoint_path(config, workdir: str) -> str:
     """`sampling.checkpoint`, or `<workdir>/<sampling.folder>/checkpoints/checkpoint_<sampling.ckpt>.pth`."""
     s = config.sampling
@@ -74,8 +91,14 @@ def setting_name(config) -> str:
         ckpt = os.path.splitext(os.path.basename(s.checkpoint))[0] if s.checkpoint else f"ckpt{s.ckpt}"
         parts += [config.training.sde, ckpt, s.predictor, s.corrector, f"N{steps}", f"snr{snr:g}", f"mse{s.mse:g}",
                   f"cmse{s.corrector_mse:g}", "ema" if s.use_ema else "raw", f"seed{s.seed}"]
-        if s.project_score:
-            parts.append("projscore")
+        parts += [flag for flag, on in (("projscore", s.project_score), ("support", s.support_mask),
+                                        ("denoise", s.denoise)) if on]
+        if s.final_dc != "none":
+            parts.append(f"dc{s.final_dc}" + (f"{s.dc_lambda:g}" if s.final_dc == "cg" else ""))
+    elif s.method == "l1wavelet":
+        parts.append(f"lambda{s.l1_lambda:g}")
+    elif s.method == "sense":
+        parts.append(f"iters{s.cg_iters}")
     return "_".join(str(p) for p in parts)
 
 
@@ -203,6 +226,7 @@ def summarize(config, rows: list[dict], volumes: list[dict], description: str) -
 
 def reconstruct(config, workdir: str) -> dict:
     """Reconstruct the `sampling.datashift` test set; returns the summary (also written as summary.json)."""
+    apply_tuned(config)
     reconstruct_batch, description = build_reconstructor(config, workdir)
     mask = get_mask(config, "sample")
     loader = datasets.get_dataset(config, "test")

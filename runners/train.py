@@ -121,9 +121,19 @@ class _TrainLoop:
 
     # -- resume --
     def resume(self) -> None:
-        """Restore model, optimizer, EMA, counters and this rank's RNG state from the pre-emption checkpoint."""
+        """Restore model, optimizer, EMA, counters and this rank's RNG state from the pre-emption checkpoint; a new
+        run starts from the (EMA) weights of `training.init_checkpoint` when it is set."""
         path = os.path.join(self.run_dir, META_CHECKPOINT)
         if not os.path.isfile(path):
+            init = self.config.training.init_checkpoint
+            if init:
+                if not os.path.isfile(init):
+                    raise FileNotFoundError(f"training.init_checkpoint={init} does not exist; give a checkpoint file "
+                                            f"to start from, or leave the key empty to train from scratch")
+                step = checkpoints.load_model_weights(init, self.train_model, True, self.ctx.device)
+                self.state["ema"] = ExponentialMovingAverage(self.train_model.parameters(),
+                                                             decay=self.config.model.ema_rate)
+                logging.info("new run initialised from the EMA weights of %s (its step %d)", init, step)
             return
         try:
             checkpoints.load_checkpoint(path, self.state, self.ctx.device)

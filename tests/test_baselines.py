@@ -7,7 +7,8 @@ import torch
 
 from configs.default_fastMRI_configs import get_default_configs
 from utils import metrics
-from baselines import BASELINES, conjugate_gradient
+from baselines import BASELINES
+from utils.mri import conjugate_gradient
 from utils.mri import sense_adjoint, sense_forward
 
 NUM_COILS = 8

@@ -195,6 +195,20 @@ def test_non_finite_loss_stops_and_names_the_last_good_checkpoint(phantom, tmp_p
     assert load(run_dir)["step"] == 5 and not os.path.exists(os.path.join(run_dir, "finished"))
 
 
+def test_init_checkpoint_starts_a_new_run_from_the_ema_weights(phantom, tmp_path):
+    source = train(tiny(phantom, training__n_iters=3, training__eval_freq=0), str(tmp_path / "a"))
+    ema = load(source)["ema"]["shadow_params"]
+    run = train(tiny(phantom, training__n_iters=1, training__eval_freq=0, optim__lr=0.0,
+                     training__init_checkpoint=os.path.join(source, META_CHECKPOINT)), str(tmp_path / "b"))
+    state = load(run)  # one step at learning rate 0 leaves the weights as loaded
+    assert state["step"] == 1
+    params = [v for k, v in state["model"].items() if not k.endswith("sigmas")]
+    for param, shadow in zip(params, ema):
+        torch.testing.assert_close(param, shadow, rtol=0, atol=0)
+    with pytest.raises(SystemExit, match="training.init_checkpoint=/no/file.pth does not exist"):
+        train(tiny(phantom, training__n_iters=1, training__init_checkpoint="/no/file.pth"), str(tmp_path / "c"))
+
+
 @pytest.mark.parametrize("override, message", [
     ("--config.data.root=/no/such/folder", "k-space folder /no/such/folder does not exist"),
     ("--config.training.batch_size=64", "training.batch_size=64 is larger than the 12 training slices"),

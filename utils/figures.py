@@ -46,3 +46,19 @@ def save_comparison(path: str, rows: list[tuple[str, np.ndarray, dict | None]], 
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def save_trials(path: str, values: list[float], metric: str) -> None:
+    """Each trial's score in the order tried, with the running best (the record of a sampler-settings search)."""
+    values = np.asarray(values, dtype=float)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(np.arange(1, len(values) + 1), values, "o", ms=3, label="trial")
+    ax.plot(np.arange(1, len(values) + 1), np.maximum.accumulate(np.nan_to_num(values, nan=-np.inf)), "-",
+            label="best so far")
+    ax.set_xlabel("trial")
+    ax.set_ylabel(metric.upper())
+    ax.legend()
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,36 @@
+"""The brain demo: a small DDPM at 128×128 on the public brain set, fine-tuned from the phantom demo network.
+
+    python data_prepare/generate_brain_demo.py --source <nilearn wheel or template> --out data/brain_demo
+    bash train_fastMRI.sh hfssde brain_demo      # and vp for the comparison
+    bash test_fastMRI.sh demo
+
+Training sees the MNI152 template's training slabs with on-the-fly augmentation (flips, rotations, zoom, contrast,
+intensity bias, phase, skull and scalp, coil count); `data/brain_demo/test` holds held-out slices with skull and
+scalp. `get_config(sde)` is shared by configs/hfssde/brain_demo.py and configs/vp/brain_demo.py.
+"""
+from configs.phantom_demo import get_config as phantom_config
+
+DEMO_DATA = "data/brain_demo"
+
+
+def get_config(sde: str):
+    config = phantom_config(sde)
+    training, sampling, data, optim = config.training, config.sampling, config.data, config.optim
+    training.n_iters = 1000
+    training.snapshot_freq_for_preemption = 100
+    training.init_checkpoint = f"demo/{'hfssde' if sde == 'hfssde' else 'vpsde'}_phantom_demo.pth"
+
+    sampling.datashift = "brain"
+    sampling.acc = 8
+
+    data.root = f"{DEMO_DATA}/train"
+    data.eval_root = f"{DEMO_DATA}/val"
+    data.test_roots.brain = f"{DEMO_DATA}/test"
+    augment = data.augment
+    augment.flip, augment.rotate, augment.scale = 0.5, 10.0, 0.1
+    augment.gamma, augment.bias, augment.phase = 0.3, 0.3, 3.0
+    augment.scalp, augment.min_coils = 0.7, 4
+
+    optim.lr = 5e-4
+    optim.warmup = 100
+    return config

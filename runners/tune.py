@@ -1,0 +1,235 @@
+"""`main.py --mode tune`: search the sampler settings for the best PSNR (or SSIM) on validation slices.
+
+    python main.py --mode tune --config configs/hfssde/brain_demo.py [--tune_metric ssim] [--tune_slices 2]
+
+The validation slices are the first `--tune_slices` slices of `data.eval_root` (never the test set). The search
+space of a diffusion sampler is `AXES`: log-grids for `sampling.snr` (`snr_accelerated` when
+`sampling.accelerated_sampling`), `mse` and `corrector_mse`, and the choices of the clean-image options
+`support_mask`, `final_dc` and `denoise`; of a baseline, `BASELINE_AXES` (ℓ1-wavelet's λ, CG-SENSE's iterations). The search
+starts at the config's values (snapped to the grids), runs coordinate descent on the coarse grids (every other
+grid value), then refines on the full grids among the neighbours of the best point, until no trial improves.
+
+Everything goes to `<workdir>/tune/<setting>/`: `trials.csv` (every trial: its settings, PSNR, SSIM, seconds),
+`trials.png`, and `best.json`. A rerun reads `trials.csv` and never redoes a finished trial. `best.json` is applied
+by one override, `--config.sampling.tuned=<workdir>/tune/<setting>/best.json` (`reconstruct.apply_tuned`).
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import logging
+import math
+import os
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+
+import datasets
+from runners.reconstruct import apply_tuned, build_reconstructor, is_diffusion, setting_name, slice_seed
+from utils import metrics
+from utils.figures import save_trials
+from utils.masks import get_mask
+from utils.mri import sense_adjoint
+
+METRICS = ("psnr", "ssim")
+
+
+def _log_grid(low: float, high: float, per_decade: int) -> tuple[float, ...]:
+    """Values `low · 10^(k / per_decade)` up to `high`, rounded to 3 significant digits."""
+    count = round(math.log10(high / low) * per_decade) + 1
+    return tuple(float(f"{low * 10 ** (k / per_decade):.3g}") for k in range(count))
+
+
+# (key of config.sampling, grid, is the grid ordered on a log scale)
+AXES: tuple[tuple[str, tuple, bool], ...] = (
+    ("snr", _log_grid(0.02, 0.64, 6), True),
+    ("mse", _log_grid(0.1, 10.0, 4), True),
+    ("corrector_mse", _log_grid(0.01, 10.0, 4), True),
+    ("support_mask", (False, True), False),
+    ("final_dc", ("none", "replace", "cg"), False),
+    ("denoise", (False, True), False),
+)
+BASELINE_AXES = {
+    "l1wavelet": (("l1_lambda", _log_grid(1e-5, 1e-1, 3), True),),
+    "sense": (("cg_iters", (3, 5, 8, 12, 20, 30, 50), True),),
+}
+
+
+def snr_key(config) -> str:
+    return "snr_accelerated" if config.sampling.accelerated_sampling else "snr"
+
+
+def _snap(value, grid: tuple) -> int:
+    """Index of the grid value nearest to `value` (on a log scale for positive numbers)."""
+    if value in grid:
+        return grid.index(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+        return int(np.argmin([abs(math.log(value / g)) for g in grid]))
+    return 0
+
+
+def coordinate_search(objective: Callable[[tuple], float], axes: list[tuple], start: tuple[int, ...],
+                      coarse_step: int = 2) -> tuple[tuple[int, ...], float]:
+    """Maximise `objective(indices)` over the grid `axes` (lists of values; the search sees only indices).
+
+    Coordinate descent on the coarse grid (every `coarse_step`-th index of the ordered axes, keeping the start),
+    then on the full grid among each axis's neighbours of the best point, each until a sweep changes nothing.
+    `objective` should cache: points are revisited. Returns `(best indices, best value)`.
+    """
+    best = tuple(start)
+    best_value = objective(best)
+
+    def sweep(candidates: Callable[[int, int], list[int]]) -> bool:
+        nonlocal best, best_value
+        moved = False
+        for axis in range(len(axes)):
+            for index in candidates(axis, best[axis]):
+                point = best[:axis] + (index,) + best[axis + 1:]
+                value = objective(point)
+                if value > best_value:
+                    best, best_value, moved = point, value, True
+        return moved
+
+    def coarse(axis: int, current: int) -> list[int]:
+        size, ordered = len(axes[axis][1]), axes[axis][2]
+        if not ordered:
+            return list(range(size))
+        return [i for i in range(size) if (i - current) % coarse_step == 0]
+
+    def fine(axis: int, current: int) -> list[int]:
+        size = len(axes[axis][1])
+        return [i for i in (current - 1, current + 1) if 0 <= i < size]
+
+    while sweep(coarse):
+        pass
+    while sweep(fine):
+        pass
+    return best, best_value
+
+
+class _Trials:
+    """The trial record `trials.csv`: loaded at start, one row appended (and flushed) per finished trial."""
+
+    def __init__(self, path: str, keys: list[str]):
+        self.path, self.keys = path, keys
+        self.rows: dict[tuple, dict] = {}
+        if os.path.exists(path):
+            with open(path, newline="") as f:
+                for row in csv.DictReader(f):
+                    self.rows[tuple(row[k] for k in keys)] = row
+
+    def get(self, values: tuple) -> dict | None:
+        return self.rows.get(tuple(str(v) for v in values))
+
+    def add(self, values: tuple, result: dict) -> None:
+        row = {**dict(zip(self.keys, (str(v) for v in values))), **{k: f"{v:.6g}" for k, v in result.items()}}
+        new = not os.path.exists(self.path)
+        with open(self.path, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self.keys + list(result))
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+            f.flush()
+            os.fsync(f.fileno())
+        self.rows[tuple(row[k] for k in self.keys)] = row
+
+
+def _validation_slices(config, count: int) -> dict:
+    """The first `count` validation slices as one batch (k-space, maps, names, seeds) on the device."""
+    loader = datasets.get_dataset(config, "eval")
+    items = [loader.dataset[i] for i in range(min(count, len(loader.dataset)))]
+    batch = datasets.collate_multicoil(items)
+    seeds = [slice_seed(config.sampling.seed, f, int(s)) for f, s in zip(batch["fname"], batch["slice"])]
+    return {"kspace": batch["kspace"].to(config.device), "maps": batch["maps"].to(config.device), "seeds": seeds}
+
+
+def search_axes(config) -> list[tuple[str, tuple, bool]]:
+    """The searched `(sampling key, grid, ordered)` axes of `sampling.method`: `AXES` for a diffusion sampler
+    (`snr` standing for `snr_accelerated` with accelerated sampling), `BASELINE_AXES` for a baseline."""
+    method = config.sampling.method
+    if method in BASELINE_AXES:
+        return list(BASELINE_AXES[method])
+    if not is_diffusion(method):
+        raise ValueError(f"sampling.method={method!r} has no settings to tune; choose a diffusion sampler or one of "
+                         f"{sorted(BASELINE_AXES)}")
+    return [(snr_key(config) if key == "snr" else key, grid, ordered) for key, grid, ordered in AXES]
+
+
+class Tuner:
+    """One search: the validation slices, the reconstructor and the trial record of `<workdir>/tune/<setting>`.
+
+    `objective(point)` scores a grid point (indices into `axes`), from `trials.csv` when it was tried before;
+    `search()` runs `coordinate_search` from the config's values and writes `best.json` and `trials.png`.
+    """
+
+    def __init__(self, config, workdir: str, metric: str = "psnr", num_slices: int = 2, axes=None):
+        if metric not in METRICS:
+            raise ValueError(f"unknown tune metric {metric!r}; choose one of {list(METRICS)}")
+        self.config = config = copy.deepcopy(config)
+        apply_tuned(config)
+        config.sampling.show_progress = False
+        self.metric, self.axes = metric, list(axes) if axes is not None else search_axes(config)
+        self.keys = [key for key, _, _ in self.axes]
+        self.out = os.path.join(workdir, "tune", f"{setting_name(config)}_{metric}")
+        os.makedirs(self.out, exist_ok=True)
+        self.trials = _Trials(os.path.join(self.out, "trials.csv"), self.keys)
+        self.reconstruct_batch, self.description = build_reconstructor(config, workdir)
+        self.mask = get_mask(config, "sample")
+        self.data = _validation_slices(config, num_slices)
+        self.truth = sense_adjoint(self.data["kspace"], self.data["maps"], 1.0).abs()[:, 0].cpu().numpy()
+        logging.info("tuning %s on %d validation slices of %s for %s into %s", self.description, len(self.truth),
+                     config.data.eval_root, metric, self.out)
+
+    def values(self, point: tuple[int, ...]) -> tuple:
+        return tuple(self.axes[a][1][i] for a, i in enumerate(point))
+
+    def _run(self, values: tuple) -> dict:
+        for key, value in zip(self.keys, values):
+            self.config.sampling[key] = value
+        start = time.perf_counter()
+        with torch.no_grad():
+            recon, _ = self.reconstruct_batch(self.mask * self.data["kspace"], self.data["maps"], self.mask,
+                                              self.data["seeds"])
+        scores = [metrics.evaluate(t, r) for t, r in zip(self.truth, recon.abs()[:, 0].cpu().numpy())]
+        result = {m: float(np.mean([s[m] for s in scores])) for m in METRICS}
+        result["seconds"] = time.perf_counter() - start
+        return result
+
+    def objective(self, point: tuple[int, ...]) -> float:
+        values = self.values(point)
+        done = self.trials.get(values)
+        if done is None:
+            result = self._run(values)
+            self.trials.add(values, result)
+            done = self.trials.get(values)
+            logging.info("trial %d: %s -> PSNR %.2f dB, SSIM %.4f", len(self.trials.rows),
+                         dict(zip(self.keys, values)), result["psnr"], result["ssim"])
+        value = float(done[self.metric])
+        return value if math.isfinite(value) else -math.inf
+
+    def search(self) -> dict:
+        """Run the search (module docstring); returns the best settings with their scores and the folder."""
+        start = tuple(_snap(self.config.sampling[key], grid) for key, grid, _ in self.axes)
+        point, _ = coordinate_search(self.objective, self.axes, start)
+        best = dict(zip(self.keys, self.values(point)))
+        row = self.trials.get(tuple(best.values()))
+        result = {"sampling": best, "metric": self.metric, "psnr": float(row["psnr"]), "ssim": float(row["ssim"]),
+                  "trials": len(self.trials.rows), "slices": len(self.truth), "description": self.description,
+                  "grid_points": int(np.prod([len(grid) for _, grid, _ in self.axes]))}
+        tmp = os.path.join(self.out, "best.json.tmp")
+        with open(tmp, "w") as f:
+            json.dump(result, f, indent=1)
+        os.replace(tmp, os.path.join(self.out, "best.json"))
+        save_trials(os.path.join(self.out, "trials.png"), [float(r[self.metric]) for r in self.trials.rows.values()],
+                    self.metric)
+        logging.info("best of %d trials: %s (PSNR %.2f dB, SSIM %.4f)", result["trials"], best, result["psnr"],
+                     result["ssim"])
+        return {**result, "folder": self.out}
+
+
+def tune(config, workdir: str, metric: str = "psnr", num_slices: int = 2) -> dict:
+    """Search the sampler (or baseline) settings of `config` on validation slices; see the module docstring."""
+    return Tuner(config, workdir, metric, num_slices).search()

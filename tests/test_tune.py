@@ -1,0 +1,93 @@
+"""`main.py --mode tune`: the coordinate search against an exhaustive grid, resuming, and the best-settings file."""
+import csv
+import itertools
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from configs.hfssde.phantom_demo import get_config as phantom_config
+from runners.reconstruct import apply_tuned
+from runners.tune import Tuner, coordinate_search
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_AXES = [("snr_accelerated", (0.04, 0.08, 0.16, 0.32), True), ("mse", (0.25, 1.0, 4.0), True),
+             ("corrector_mse", (0.1, 1.0, 10.0), True), ("support_mask", (False, True), False)]
+
+
+def test_coordinate_search_finds_the_optimum_of_a_smooth_objective_with_few_trials():
+    axes = [("a", tuple(range(9)), True), ("b", tuple(range(9)), True), ("c", (0, 1), False)]
+    calls = {}
+
+    def objective(p):
+        calls[p] = -((p[0] - 6) ** 2 + 0.5 * (p[1] - 2) ** 2 + (p[0] - 6) * (p[1] - 2) * 0.3) + p[2]
+        return calls[p]
+
+    point, value = coordinate_search(objective, axes, (0, 0, 0))
+    assert point == (6, 2, 1) and len(calls) <= 9 * 9 * 2 // 4
+
+
+def tune_config():
+    config = phantom_config()
+    config.data.eval_root = os.path.join(ROOT, "data/phantom_demo/test")
+    config.sampling.checkpoint = os.path.join(ROOT, config.sampling.checkpoint)
+    config.sampling.N = 3
+    config.sampling.mse = config.sampling.corrector_mse = 1.0
+    config.sampling.snr_accelerated = 0.16
+    config.device = "cpu"
+    return config
+
+
+@pytest.mark.slow
+def test_search_is_within_0_2_db_of_the_exhaustive_grid_in_a_quarter_of_its_trials(tmp_path):
+    tuner = Tuner(tune_config(), str(tmp_path), "psnr", 1, TINY_AXES)
+    found = tuner.search()
+    searched = len(tuner.trials.rows)
+    grid = list(itertools.product(*(range(len(g)) for _, g, _ in TINY_AXES)))
+    best = max(tuner.objective(p) for p in grid)
+    assert searched <= len(grid) / 4
+    assert found["psnr"] >= best - 0.2
+    assert len(tuner.trials.rows) == len(grid)
+
+
+def test_a_rerun_redoes_no_trial_and_best_json_is_one_override(tmp_path, monkeypatch):
+    axes = [("snr_accelerated", (0.08, 0.16), True), ("mse", (0.5, 1.0), True)]
+    first = Tuner(tune_config(), str(tmp_path), "ssim", 1, axes).search()
+    with open(os.path.join(first["folder"], "trials.csv")) as f:
+        rows = list(csv.DictReader(f))
+    again = Tuner(tune_config(), str(tmp_path), "ssim", 1, axes)
+    monkeypatch.setattr(again, "_run", lambda values: pytest.fail(f"trial {values} was redone"))
+    assert again.search()["sampling"] == first["sampling"]
+    assert len(rows) == first["trials"] and os.path.exists(os.path.join(first["folder"], "trials.png"))
+    config = tune_config()
+    config.sampling.tuned = os.path.join(first["folder"], "best.json")
+    apply_tuned(config)
+    for key, value in first["sampling"].items():
+        assert config.sampling[key] == value
+
+
+def test_bad_tuned_file_is_named(tmp_path):
+    config = tune_config()
+    config.sampling.tuned = str(tmp_path / "missing.json")
+    with pytest.raises(ValueError, match="missing.json: not a readable best.json"):
+        apply_tuned(config)
+    (tmp_path / "odd.json").write_text(json.dumps({"sampling": {"snr_typo": 1}}))
+    config.sampling.tuned = str(tmp_path / "odd.json")
+    with pytest.raises(ValueError, match="unknown sampling keys"):
+        apply_tuned(config)
+
+
+def test_tune_mode_through_main_prints_the_command(tmp_path):
+    config_file = os.path.join(ROOT, "configs/vp/phantom_demo.py")
+    overrides = ["--config.sampling.method=l1wavelet", "--config.sampling.l1_iters=5",
+                 f"--config.data.eval_root={ROOT}/data/phantom_demo/test", "--config.device=cpu"]
+    result = subprocess.run([sys.executable, "main.py", "--mode", "tune", "--config", config_file,
+                             f"--workdir={tmp_path}", "--tune_slices=1"] + overrides,
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "--config.sampling.tuned=" in result.stdout and "l1_lambda" in result.stdout
+    best = json.loads(next((tmp_path / "tune").glob("*/best.json")).read_text())
+    assert set(best["sampling"]) == {"l1_lambda"} and np.isfinite(best["psnr"])
