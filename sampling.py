@@ -154,9 +154,9 @@ def final_data_consistency(x, aty, csm, mask, mode: str, lamda: float, iters: in
       (1 − M) F(S_c x))` = `x + Aᴴ(y − A x)` where `Σ|S|² = 1`: one unit gradient step on `½‖A x − y‖²`. It
       is the exact projection onto the data for one coil; with several coils the combination mixes measured and
       predicted samples again, so it lowers the data residual without removing it;
-    - `cg`: `argmin ‖A x' − y‖² + λ‖x' − x‖²` by `iters` conjugate-gradient steps on `(AᴴA + λ)x' = Aᴴy + λx`
-      (λ = `sampling.dc_lambda`, in the units of the data): the multi-coil projection onto the data as λ → 0, a
-      compromise with the prior for noisy data;
+    - `cg`: `argmin ‖A x' − y‖² + λ‖x' − x‖²` by `iters` conjugate-gradient steps on the correction,
+      `(AᴴA + λ)(x' − x) = Aᴴ(y − A x)` (λ = `sampling.dc_lambda`, in the units of the data): the multi-coil
+      projection onto the data as λ → 0, a compromise with the prior for noisy data;
     - `none`: `x` unchanged.
     """
     if mode not in FINAL_DC:
@@ -169,7 +169,8 @@ def final_data_consistency(x, aty, csm, mask, mode: str, lamda: float, iters: in
     if lamda <= 0 or iters < 1:
         raise ValueError(f"sampling.final_dc='cg' needs sampling.dc_lambda > 0 and sampling.cg_iters >= 1, got "
                          f"{lamda} and {iters}")
-    return c2r(conjugate_gradient(lambda v: sense_normal(v, csm, mask) + lamda * v, aty + lamda * image, iters))
+    residual = aty - sense_normal(image, csm, mask)  # solved for the correction: a truncated CG starts at x
+    return c2r(image + conjugate_gradient(lambda v: sense_normal(v, csm, mask) + lamda * v, residual, iters))
 
 
 def finish(config, sde, score_fn, x, t, aty, csm, mask) -> torch.Tensor:
@@ -178,10 +179,14 @@ def finish(config, sde, score_fn, x, t, aty, csm, mask) -> torch.Tensor:
     `sampling.denoise`: one more score evaluation, `x ← x + σ(t)² P s(x, t)` (Tweedie's denoiser at the last
     noise level); `sampling.support_mask`: `x ← x · 1[Σ|S|² > 0]`; `sampling.final_dc` (`final_data_consistency`).
     """
+    if config.sampling.denoise:
+        x = x + append_dims(sde.marginal_std(t), x.ndim) ** 2 * sde.project(score_fn(x, t))
+    return clean(config, x, aty, csm, mask)
+
+
+def clean(config, x, aty, csm, mask) -> torch.Tensor:
+    """`sampling.support_mask`, then `sampling.final_dc` (`final_data_consistency`) on a result `x`."""
     c = config.sampling
-    if c.denoise:
-        _, std = sde.marginal_prob(x, t)
-        x = x + append_dims(std, x.ndim) ** 2 * sde.project(score_fn(x, t))
     if c.support_mask:
         x = x * support(csm).repeat(1, 2, 1, 1)
     return final_data_consistency(x, aty, csm, mask, c.final_dc, c.dc_lambda, c.cg_iters)
@@ -241,4 +246,44 @@ def ode_sampler(config, sde, score_fn, y, csm, mask, noise, show_progress: bool 
     return x, counted.nfe
 
 
-SAMPLERS = {"pc": pc_sampler, "ode": ode_sampler}
+def denoised(sde, x, t, score) -> torch.Tensor:
+    """Tweedie's estimate of `x₀` from `x_t` and the projected score `s`: the mean `x + σ(t)² s`, mapped back through
+    the forward mean, `x₀ = m + (1/a(t) − 1)·P m` (HFS-SDE: only the high frequencies are rescaled)."""
+    mean = x + append_dims(sde.marginal_std(t), x.ndim) ** 2 * score
+    return mean + append_dims(1.0 / sde.mean_scale(t) - 1.0, x.ndim) * sde.project(mean)
+
+
+@torch.no_grad()
+def ddim_sampler(config, sde, score_fn, y, csm, mask, noise, show_progress: bool = False):
+    """Denoising-diffusion implicit steps in the SDE's diffusing subspace, with data consistency on the denoised
+    estimate (as in decomposed diffusion sampling); one network evaluation per step. Returns `(x, nfe)`.
+
+    For `t → t'` on the sampling schedule's grid from 1 to `sampling.eps`: `s = P score(x, t)`;
+    `x̂₀ = denoised(x, t, s)`, then `sampling.dc_iters` conjugate-gradient steps of `argmin ‖A x − y‖² +
+    λ‖x − x̂₀‖²` (λ = `sampling.dc_lambda`); `ε̂ = −σ s`; `x ← mean(x̂₀, t') + √(σ'² − c²)·ε̂ + c·P z` with
+    `c = η σ' √(1 − a²σ'²/(a'²σ²))` (η = `sampling.eta`: 0 deterministic, 1 ancestral). The result is the last
+    `x̂₀` (already denoised: `sampling.denoise` does not apply), passed through `clean`.
+    """
+    c = config.sampling
+    steps, _ = sampling_schedule(config)
+    counted = CountedScore(score_fn)
+    x = initial_state(sde, y, csm, noise)
+    aty = sense_adjoint(y, csm, mask)
+    timesteps = torch.linspace(sde.T, c.eps, steps, device=x.device)
+    for i in trange(steps, disable=not show_progress, desc="DDIM sampling", leave=False):
+        t = timesteps[i].expand(x.shape[0])
+        s = sde.project(counted(x, t))
+        x0 = final_data_consistency(denoised(sde, x, t, s), aty, csm, mask, "cg", c.dc_lambda, c.dc_iters)
+        if i == steps - 1:
+            break
+        t_next = timesteps[i + 1].expand(x.shape[0])
+        std, std_next = sde.marginal_std(t), sde.marginal_std(t_next)
+        ratio = (sde.mean_scale(t) * std_next / (sde.mean_scale(t_next) * std)) ** 2
+        spread = c.eta * std_next * torch.sqrt((1 - ratio).clamp_min(0))
+        eps_hat = -append_dims(std, x.ndim) * s
+        x = (sde.marginal_mean(x0, t_next) + append_dims(torch.sqrt(std_next ** 2 - spread ** 2), x.ndim) * eps_hat
+             + append_dims(spread, x.ndim) * sde.project(noise(x.shape)))
+    return clean(config, x0, aty, csm, mask), counted.nfe
+
+
+SAMPLERS = {"pc": pc_sampler, "ode": ode_sampler, "ddim": ddim_sampler}

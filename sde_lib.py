@@ -40,6 +40,10 @@ class SDE(abc.ABC):
     def marginal_mean(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Mean of `x_t | x_0 = x`."""
 
+    def mean_scale(self, t: torch.Tensor) -> torch.Tensor:
+        """The factor `a(t)` `[B]` of the diffusing part in the mean: `marginal_mean(x) = x + (a − 1)·project(x)`."""
+        return torch.ones_like(t)
+
     def marginal_prob(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """`(mean [B, 2, H, W], std [B])` of the perturbation kernel `p_t(x_t | x_0 = x)`."""
         return self.marginal_mean(x, t), self.marginal_std(t)
@@ -110,6 +114,9 @@ class _BetaSchedule(SDE):
 
     def log_mean_coeff(self, t):
         return -0.25 * t ** 2 * (self.beta_1 - self.beta_0) - 0.5 * t * self.beta_0
+
+    def mean_scale(self, t):
+        return torch.exp(self.log_mean_coeff(t))
 
     def marginal_std(self, t):
         """`√(1 − e^{2c(t)})` (VP and HFS)."""
@@ -225,6 +232,8 @@ class HFS_SDE(_BetaSchedule):
         if self.mean_equal == "equal":
             return ((1 + c.double() / 1e6) ** 1e6).to(t.dtype)
         return torch.exp(c)
+
+    mean_scale = mean_coeff
 
     def marginal_mean(self, x, t):
         return x + append_dims(self.mean_coeff(t) - 1.0, x.ndim) * self.high_pass(x)

@@ -41,7 +41,7 @@ def get_default_configs() -> ml_collections.ConfigDict:
 
     # Sampling / reconstruction.
     config.sampling = sampling = ml_collections.ConfigDict()
-    sampling.method = "pc"  # pc | ode | zero_filled | sense | l1wavelet
+    sampling.method = "pc"  # pc | ode | ddim | zero_filled | sense | l1wavelet
     sampling.predictor = "euler_maruyama"  # euler_maruyama | reverse_diffusion | none
     sampling.corrector = "langevin"  # langevin | none
     sampling.n_steps_each = 1
@@ -60,6 +60,8 @@ def get_default_configs() -> ml_collections.ConfigDict:
     sampling.denoise = False
     sampling.final_dc = "none"
     sampling.dc_lambda = 0.01
+    sampling.eta = 0.0  # ddim: 0 deterministic steps, 1 ancestral (DDPM-like) noise
+    sampling.dc_iters = 5  # ddim: conjugate-gradient steps of the data consistency on each denoised estimate
     sampling.tuned = ""  # best.json of `main.py --mode tune`: its sampler settings replace these
     sampling.batch_size = 1
     sampling.mask_type = "uniform"  # uniform | cartesian | random_uniform | center | low_frequency

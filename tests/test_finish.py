@@ -109,3 +109,49 @@ def test_options_off_leave_the_result_unchanged():
     aty = mri.sense_adjoint(y, csm, mask)
     out = sampling.finish(config, sde, score, guess, torch.full((2,), 1e-3), aty, csm, mask)
     assert torch.equal(out, guess)
+
+
+@pytest.mark.parametrize("name", ["hfssde", "vpsde", "vesde", "subvpsde"])
+def test_mean_scale_describes_the_forward_mean_and_denoised_inverts_it(name):
+    config = sampler_config(name)
+    sde = sde_lib.get_sde(config)
+    x0 = torch.randn(2, 2, H, W)
+    t = torch.tensor([0.3, 0.8])
+    a = sde.mean_scale(t)[:, None, None, None]
+    torch.testing.assert_close(sde.marginal_mean(x0, t), x0 + (a - 1) * sde.project(x0), atol=1e-5, rtol=1e-5)
+    x_t = sde.marginal_mean(x0, t) + sde.marginal_std(t)[:, None, None, None] * sde.project(torch.randn_like(x0))
+    mean, std = sde.marginal_prob(x0, t)
+    score = -sde.project(x_t - mean) / std[:, None, None, None] ** 2  # exact score of a point mass at x0
+    torch.testing.assert_close(sampling.denoised(sde, x_t, t, score), x0, atol=1e-4, rtol=1e-4)
+
+
+def test_ddim_with_the_true_prior_recovers_the_truth_in_few_steps():
+    config = sampler_config("hfssde", steps=10)
+    config.sampling.method = "ddim"
+    sde = sde_lib.get_sde(config)
+    _, _, csm, mask = problem(5, batch=1)
+    rng = np.random.default_rng(0)
+    truth = torch.from_numpy((rng.standard_normal((1, 1, H, W)) + 0j).astype(np.complex64))
+    y = mri.sense_forward(truth, csm, mask)
+    x0 = mri.c2r(truth)
+
+    def point_mass_score(x, t):
+        mean, std = sde.marginal_prob(x0, t)
+        return -sde.project(x - mean) / std[:, None, None, None] ** 2
+
+    out, nfe = sampling.ddim_sampler(config, sde, point_mass_score, y, csm, mask, sampling.SampleNoise([0], "cpu"))
+    assert nfe == 10
+    assert torch.linalg.vector_norm(out - x0) / torch.linalg.vector_norm(x0) < 1e-3
+
+
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_ddim_batch_equals_single_runs(eta):
+    config = sampler_config("hfssde", steps=4)
+    config.sampling.eta = eta
+    sde = sde_lib.get_sde(config)
+    _, y, csm, mask = problem(6, batch=2)
+    batch, _ = sampling.ddim_sampler(config, sde, score, y, csm, mask, sampling.SampleNoise([3, 4], "cpu"))
+    for i, seed in enumerate([3, 4]):
+        single, _ = sampling.ddim_sampler(config, sde, score, y[i:i + 1], csm[i:i + 1], mask,
+                                          sampling.SampleNoise([seed], "cpu"))
+        torch.testing.assert_close(batch[i:i + 1], single, atol=1e-4, rtol=1e-4)
