@@ -8,8 +8,10 @@ Run folders
         * the run folder named by `--workdir`, or
         * the newest unfinished run in `--workdir` whose `config.json` equals the current config, so a preempted
           job restarted with the same command continues where it stopped.
-    A run in use by another process is never touched (a lock file held while training), and no existing file
-    that is not ours is overwritten.
+    A rerun never starts a new run while an unfinished one of the same config exists: a run locked by a live
+    process (`.lock`, held by the training process only, see runners/folders.py) is waited for briefly (a killed
+    process may still be exiting) and then refused in one line naming that process. No existing file that is not
+    ours is overwritten; the temporary files of an interrupted checkpoint write are removed when a run is opened.
 
 Files of a run
     config.json                            the resolved config (rewritten, with a warning, when a resume changes it)
@@ -24,8 +26,9 @@ Files of a run
                                            checkpoint and at the end; training resumes from it
     finished                               written when training has reached its last step
     Checkpoints hold `{model, ema, optimizer, step}` (published format) plus `epoch`, `batch_in_epoch` and the
-    RNG states of every rank, so a resumed run continues exactly as an uninterrupted one. A frequency ≤ 0 turns
-    the corresponding action off.
+    RNG states of every rank, so a resumed run continues exactly as an uninterrupted one, and `config`, the keys
+    that shape the weights (utils/checkpoints.py), so loading them under another SDE is warned about. A
+    frequency ≤ 0 turns the corresponding action off.
 """
 from __future__ import annotations
 
@@ -35,15 +38,14 @@ import itertools
 import json
 import logging
 import os
+import time
 
-try:  # POSIX: a run folder is locked while it trains.
-    import fcntl
-except ImportError:  # pragma: no cover - Windows
-    fcntl = None
+from runners import folders
+from runners.folders import (LOCK_FILE, FolderBusy, FolderError, atomic_path, lock_folder, make_folder,
+                             remove_stale_temporaries, try_lock)
 
 CONFIG_FILE = "config.json"
 FINISHED_FILE = "finished"
-LOCK_FILE = ".lock"
 META_CHECKPOINT = os.path.join("checkpoints-meta", "checkpoint.pth")
 
 
@@ -75,35 +77,38 @@ def _saved_config(run_dir: str) -> dict | None:
         return None
 
 
-def _lock(run_dir: str):
-    """Lock `run_dir` for this process (released when the file closes or the process dies); None if in use."""
-    handle = open(os.path.join(run_dir, LOCK_FILE), "a")
-    if fcntl is None:
-        return handle
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        return None
-    return handle
-
-
 def _unfinished_run(config, parent: str, stack: contextlib.ExitStack) -> str | None:
-    """The newest unfinished, unlocked run in `parent` trained with exactly `config` (locked for us), if any."""
+    """The newest unfinished run in `parent` trained with exactly `config`, locked for us; None if there is none.
+
+    A run of another process is waited for up to `folders.DYING_WAIT_S` seconds (a killed process may still be
+    exiting); if every such run stays locked, `FolderBusy` names the newest one and its holder.
+    """
     wanted = config_dict(config)
-    for name in sorted(os.listdir(parent), reverse=True):
-        run_dir = os.path.join(parent, name)
-        if (os.path.isdir(run_dir) and not os.path.exists(os.path.join(run_dir, FINISHED_FILE))
-                and _saved_config(run_dir) == wanted):
-            handle = _lock(run_dir)
-            if handle is not None:
-                stack.enter_context(handle)
+    runs = [os.path.join(parent, name) for name in sorted(os.listdir(parent), reverse=True)]
+    runs = [run for run in runs if os.path.isdir(run) and not os.path.exists(os.path.join(run, FINISHED_FILE))
+            and _saved_config(run) == wanted]
+    deadline, waited = time.monotonic() + folders.DYING_WAIT_S, False
+    while runs:
+        holders = []
+        for run_dir in runs:
+            lock, holder = try_lock(run_dir, "--workdir")
+            if lock is not None:
+                stack.enter_context(lock)
                 return run_dir
+            holders.append(holder)
+        if not waited:
+            logging.info("waiting up to %g s for %s to release the unfinished run %s", folders.DYING_WAIT_S,
+                         holders[0], runs[0])
+            waited = True
+        if time.monotonic() >= deadline:
+            raise FolderBusy(f"the unfinished run {runs[0]} of this config is being trained by {holders[0]} (it "
+                             f"holds {LOCK_FILE}); wait for it to end, or give another --workdir for a separate run")
+        time.sleep(0.1)
     return None
 
 
 def _new_run(config, parent: str, stack: contextlib.ExitStack) -> str:
-    """Create and lock a fresh run folder in `parent` (a numbered suffix if the name is taken)."""
+    """Create and lock a fresh run folder in `parent` (a numbered suffix if the name is taken) with its config."""
     base = os.path.join(parent, run_name(config))
     for n in itertools.count():
         run_dir = base if n == 0 else f"{base}_{n}"
@@ -111,24 +116,24 @@ def _new_run(config, parent: str, stack: contextlib.ExitStack) -> str:
             os.makedirs(run_dir)
         except FileExistsError:
             continue
-        stack.enter_context(_lock(run_dir))
+        except OSError as err:
+            raise FolderError(f"--workdir={parent} is not writable ({err.strerror}); fix its permissions or give "
+                              f"another --workdir") from None
+        stack.enter_context(lock_folder(run_dir, "--workdir", "run folder"))
+        save_config(config, run_dir)  # from now on a rerun finds this run and resumes it
         return run_dir
 
 
 def open_run(config, workdir: str, stack: contextlib.ExitStack) -> str:
-    """The run folder to train in (see the module docstring), locked for this process."""
-    if os.path.exists(workdir) and not os.path.isdir(workdir):
-        raise NotADirectoryError(f"--workdir {workdir} is a file; give a folder of runs (e.g. results) or a run folder")
+    """The run folder to train in (see the module docstring), locked for this process, with the temporary files of
+    an interrupted write removed."""
     if is_run_dir(workdir):
-        handle = _lock(workdir)
-        if handle is None:
-            raise ValueError(f"run folder {workdir} is being trained by another process ({LOCK_FILE} is locked); "
-                             "wait for it to end or pass another --workdir")
         run_dir = workdir
-        stack.enter_context(handle)
+        stack.enter_context(lock_folder(run_dir, "--workdir", "run folder"))
     else:
-        os.makedirs(workdir, exist_ok=True)
+        make_folder(workdir, "--workdir")
         run_dir = _unfinished_run(config, workdir, stack) or _new_run(config, workdir, stack)
+    remove_stale_temporaries(run_dir, ("checkpoints", os.path.dirname(META_CHECKPOINT)))
     _warn_config_changes(config, run_dir)
     return run_dir
 
@@ -146,7 +151,5 @@ def _warn_config_changes(config, run_dir: str) -> None:
 
 def save_config(config, run_dir: str) -> None:
     """Write the resolved config to the run's `config.json` (atomically)."""
-    path = os.path.join(run_dir, CONFIG_FILE)
-    with open(path + ".tmp", "w") as f:
+    with atomic_path(os.path.join(run_dir, CONFIG_FILE)) as tmp, open(tmp, "w") as f:
         f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-    os.replace(path + ".tmp", path)

@@ -106,7 +106,10 @@ class _TrainLoop:
 
     def _held_out_batch(self) -> dict:
         """The first `training.batch_size` validation slices (`data.eval_root`) in file order, on the device."""
-        batch = next(iter(datasets.get_dataset(self.config, "eval")))
+        batch = next((b for b in datasets.get_dataset(self.config, "eval") if b is not None), None)
+        if batch is None:
+            raise datasets.DataError(f"every validation slice in data.eval_root={self.config.data.eval_root} is "
+                                     f"broken; replace the files")
         images = images_from_batch(batch, self.ctx.device, self.config.training.channels_last)
         return {"images": images, "kspace": batch["kspace"][:1].to(self.ctx.device),
                 "maps": batch["maps"][:1].to(self.ctx.device)}
@@ -130,17 +133,18 @@ class _TrainLoop:
                 if not os.path.isfile(init):
                     raise FileNotFoundError(f"training.init_checkpoint={init} does not exist; give a checkpoint file "
                                             f"to start from, or leave the key empty to train from scratch")
-                step = checkpoints.load_model_weights(init, self.train_model, True, self.ctx.device)
+                step = checkpoints.load_model_weights(init, self.train_model, True, self.ctx.device, self.config)
                 self.state["ema"] = ExponentialMovingAverage(self.train_model.parameters(),
                                                              decay=self.config.model.ema_rate)
                 logging.info("new run initialised from the EMA weights of %s (its step %d)", init, step)
             return
         try:
             checkpoints.load_checkpoint(path, self.state, self.ctx.device)
-        except RuntimeError as err:  # unreadable file or another network: a user error, reported in one message
-            raise ValueError(f"cannot resume the run in {self.run_dir}: {err}") from err
+        except checkpoints.CheckpointError as err:  # unreadable file or another network
+            raise checkpoints.CheckpointError(f"cannot resume the run in {self.run_dir}: {err}") from err
         step = self.state["step"] = int(self.state["step"])
         self.last_saved = (path, step)
+        self.state.pop("config", None)  # the record of the run's config.json; rewritten at every save
         rng = self.state.pop("rng", None)
         if rng is not None and len(rng) == self.ctx.world_size:
             set_rng_state(rng[self.ctx.rank], self.ctx.device)
@@ -199,6 +203,9 @@ class _TrainLoop:
         if n_iters > 0:
             left = min(left, n_iters - self.state["step"])
         for batch in itertools.islice(self._loader(epoch, skip), left):
+            if batch is None:  # every slice of the batch was broken and skipped (data.skip_broken)
+                self.state["batch_in_epoch"] += 1
+                continue
             self._step(batch)
             self.state["batch_in_epoch"] += 1
             bar.update(1)
@@ -308,7 +315,7 @@ class _TrainLoop:
     def _save(self, names: list[str]) -> None:
         """Write the training state to `names` (relative to the run folder), atomically, on rank 0."""
         start = time.perf_counter()
-        state = dict(self.state, rng=all_rng_states(self.ctx))
+        state = dict(self.state, rng=all_rng_states(self.ctx), config=checkpoints.config_record(self.config))
         if self.ctx.is_main:
             for name in names:
                 checkpoints.save_checkpoint(os.path.join(self.run_dir, name), state)

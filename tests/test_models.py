@@ -12,7 +12,7 @@ from models import MODELS, create_model, get_model_fn, get_score_fn
 from models.ddpm import DDPM
 from models.ema import ExponentialMovingAverage
 from models.layers import NIN, AttnBlock, get_timestep_embedding
-from utils.checkpoints import load_checkpoint, load_model_weights, save_checkpoint
+from utils.checkpoints import CheckpointError, load_checkpoint, load_model_weights, save_checkpoint
 
 
 def tiny_config(**model):
@@ -378,7 +378,7 @@ def test_save_checkpoint_writes_published_format_atomically(tmp_path, monkeypatc
 def test_checkpoint_of_other_nf_fails_with_shape_list(tmp_path):
     path = tmp_path / "checkpoint_190.pth"
     save_checkpoint(path, _training_state(tiny_model(nf=64)))
-    with pytest.raises(RuntimeError) as info:
+    with pytest.raises(CheckpointError) as info:
         load_checkpoint(path, _training_state(tiny_model()), "cpu")
     message = str(info.value)
     assert str(path) in message and "shape mismatches" in message and "model.nf" in message
@@ -386,7 +386,7 @@ def test_checkpoint_of_other_nf_fails_with_shape_list(tmp_path):
 
     config = tiny_config()
     config.model.attn_resolutions = (16,)
-    with pytest.raises(RuntimeError, match="missing keys") as info:
+    with pytest.raises(CheckpointError, match="missing keys") as info:
         load_checkpoint(path, _training_state(create_model(config)), "cpu")
     assert "unexpected keys" in str(info.value)
 
@@ -396,7 +396,7 @@ def test_missing_checkpoint_names_the_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="checkpoint_190.pth"):
         load_checkpoint(path, _training_state(tiny_model()), "cpu")
     (tmp_path / "broken.pth").write_bytes(b"not a checkpoint")
-    with pytest.raises(RuntimeError, match="broken.pth"):
+    with pytest.raises(CheckpointError, match="broken.pth"):
         load_model_weights(tmp_path / "broken.pth", tiny_model(), use_ema=False, device="cpu")
 
 

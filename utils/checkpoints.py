@@ -3,6 +3,11 @@
 Model keys are written with the `module.` prefix that the published code's DataParallel wrapper produced, so its
 tools read our files; on loading, `module.` and `_orig_mod.` (torch.compile) prefixes are accepted and the
 weights must fit the network exactly. Files are written atomically and read with `weights_only=True`.
+
+Training checkpoints also hold `config`: the config keys that shape the weights (`SHAPING_KEYS`: the SDE, the data
+normalisation and the network, and the SDE's schedule and low-frequency mask), as `{"group.key": value}`. Loading a
+checkpoint under a config that differs in any of them warns in one line naming the keys (same-shaped weights of
+another SDE load, but their score belongs to that SDE). Files without the record (published weights) load silently.
 """
 from __future__ import annotations
 
@@ -20,6 +25,43 @@ _CONFIG_HINT = ("the checkpoint was probably trained with other network settings
                 "model.num_res_blocks, model.attn_resolutions, model.conditional, data.image_size and "
                 "data.num_channels (model.num_scales sizes the `sigmas` buffer) against the run that wrote it")
 _MAX_LISTED = 20
+SHAPING_KEYS = ("training.sde", "training.continuous", "model.name", "model.num_scales", "model.nf", "model.ch_mult",
+                "model.num_res_blocks", "model.attn_resolutions", "model.conditional", "model.scale_by_sigma",
+                "data.image_size", "data.num_channels", "data.normalize_type", "data.normalize_coeff")
+# The keys of each SDE's schedule (and HFS-SDE's low-frequency mask), recorded after SHAPING_KEYS.
+_SDE_KEYS = {"hfssde": ("model.beta_min", "model.beta_max", "training.mask_type", "training.acs",
+                        "training.mean_equal"),
+             "vpsde": ("model.beta_min", "model.beta_max"), "subvpsde": ("model.beta_min", "model.beta_max"),
+             "vesde": ("model.sigma_min", "model.sigma_max")}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not fit the network; the message names the file and the fix."""
+
+
+def config_record(config) -> dict[str, Any]:
+    """The values of `SHAPING_KEYS` and the SDE's schedule keys in `config` (tuples as lists), for the checkpoint's
+    `config` entry."""
+    record = {}
+    for key in SHAPING_KEYS + _SDE_KEYS.get(str(config.training.sde).lower(), ()):
+        group, name = key.split(".")
+        if group in config and name in config[group]:
+            value = config[group][name]
+            record[key] = list(value) if isinstance(value, tuple) else value
+    return record
+
+
+def check_config_record(path: str, loaded: dict[str, Any], config) -> None:
+    """Warn in one line when the checkpoint's `config` record differs from `config` in keys it records."""
+    saved = loaded.get("config")
+    if not isinstance(saved, dict):
+        return
+    current = config_record(config)
+    changed = [f"{k}={value!r} (config: {current[k]!r})" for k, value in saved.items()
+               if k in current and value != current[k]]
+    if changed:
+        logging.warning("checkpoint %s was trained with %s; its score belongs to that setting, so results under this "
+                        "config are not what it learned: use the config it was trained with", path, ", ".join(changed))
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -80,7 +122,7 @@ def _atomic_save(obj: Any, path: str) -> None:
 
 
 def export_for_sampling(src: str | os.PathLike, dst: str | os.PathLike, half: bool = True) -> None:
-    """Write the sampling part of a training checkpoint: `{model, ema, step}` without the optimizer state,
+    """Write the sampling part of a training checkpoint: `{model, ema, step, config}` without the optimizer state,
     floating tensors in float16 when `half` (loading casts them back to the network's dtype)."""
     loaded = _read(src, "cpu")
 
@@ -93,7 +135,7 @@ def export_for_sampling(src: str | os.PathLike, dst: str | os.PathLike, half: bo
             return [cast(x) for x in v]
         return v
 
-    _atomic_save({k: cast(v) for k, v in loaded.items() if k in ("model", "ema", "step")}, os.fspath(dst))
+    _atomic_save({k: cast(v) for k, v in loaded.items() if k in ("model", "ema", "step", "config")}, os.fspath(dst))
 
 
 def _read(path: str | os.PathLike, device: str | torch.device) -> dict[str, Any]:
@@ -104,11 +146,12 @@ def _read(path: str | os.PathLike, device: str | torch.device) -> dict[str, Any]
     try:
         loaded = torch.load(path, map_location=device, weights_only=True)
     except (pickle.UnpicklingError, EOFError, RuntimeError) as err:
-        raise RuntimeError(f"cannot read checkpoint {path} (truncated, corrupt, or not a weights-only PyTorch "
+        raise CheckpointError(f"cannot read checkpoint {path} (truncated, corrupt, or not a weights-only PyTorch "
                            f"file): {err}") from err
     if not isinstance(loaded, dict) or "model" not in loaded:
         found = sorted(loaded) if isinstance(loaded, dict) else type(loaded).__name__
-        raise ValueError(f"{path} is not a training checkpoint: expected a dict with a 'model' entry, found {found}")
+        raise CheckpointError(f"{path} is not a training checkpoint: expected a dict with a 'model' entry, found "
+                              f"{found}")
     return loaded
 
 
@@ -136,7 +179,7 @@ def _load_weights(path: str, model: nn.Module, weights: dict[str, torch.Tensor])
         if mismatched:
             parts.append(f"  {len(mismatched)} shape mismatches:{_listed(mismatched)}")
         parts.append(_CONFIG_HINT)
-        raise RuntimeError("\n".join(parts))
+        raise CheckpointError("\n".join(parts))
     model.load_state_dict(weights, strict=True)
 
 
@@ -165,26 +208,29 @@ def load_checkpoint(path: str | os.PathLike, state: dict[str, Any], device: str 
 
 
 def load_model_weights(path: str | os.PathLike, model: nn.Module, use_ema: bool,
-                       device: str | torch.device) -> int:
+                       device: str | torch.device, config=None) -> int:
     """Load the weights of checkpoint `path` into `model` for sampling and return the checkpoint's step.
 
     With `use_ema` the EMA averages replace the raw trainable parameters (buffers come from the raw weights).
+    With `config`, a checkpoint trained under other shaping keys is warned about (`check_config_record`).
     """
     path = os.fspath(path)
     loaded = _read(path, device)
+    if config is not None:
+        check_config_record(path, loaded, config)
     _load_weights(path, model, loaded["model"])
     if use_ema:
         if "ema" not in loaded:
-            raise ValueError(f"checkpoint {path} has no 'ema' entry; set sampling.use_ema=False to sample with "
+            raise CheckpointError(f"checkpoint {path} has no 'ema' entry; set sampling.use_ema=False to sample with "
                              "the raw weights")
         named = [(name, p) for name, p in unwrap_model(model).named_parameters() if p.requires_grad]
         shadows = loaded["ema"]["shadow_params"]
         if len(shadows) != len(named):
-            raise RuntimeError(f"checkpoint {path}: the EMA holds {len(shadows)} parameters but the model has "
+            raise CheckpointError(f"checkpoint {path}: the EMA holds {len(shadows)} parameters but the model has "
                                f"{len(named)} trainable parameters; {_CONFIG_HINT}")
         for (name, param), shadow in zip(named, shadows):
             if shadow.shape != param.shape:
-                raise RuntimeError(f"checkpoint {path}: EMA parameter {name} has shape {tuple(shadow.shape)} "
+                raise CheckpointError(f"checkpoint {path}: EMA parameter {name} has shape {tuple(shadow.shape)} "
                                    f"but the model's has {tuple(param.shape)}; {_CONFIG_HINT}")
         with torch.no_grad():
             for (_, param), shadow in zip(named, shadows):

@@ -1,0 +1,164 @@
+"""Output folders of training runs and reconstructions: created with one-line errors, written by one process at a
+time, and filled atomically.
+
+- `make_folder(path, key)` creates a folder; a path blocked by a file or a folder that cannot be written becomes a
+  `FolderError` (a `ValueError`) naming the path, the config key or flag that set it and the fix.
+- `lock_folder(path, key)` holds `<path>/.lock` for this process. It is a POSIX record lock (`fcntl.lockf`): the
+  kernel drops it the moment its holder dies, and processes forked from the holder (DataLoader workers) never hold
+  it. The file records the holder's pid for the message a second process gets; that process waits up to
+  `DYING_WAIT_S` seconds for a holder that may be dying (a SIGKILL takes a moment to release a process's files)
+  and then raises `FolderBusy` naming the pid. A lock is per process: do not open and close `.lock` elsewhere in
+  a process that holds it (closing any descriptor of the file releases the process's lock).
+- `atomic_path(path)` gives a temporary name beside `path` (`.<name>.<pid>.tmp`) that is fsynced and renamed over
+  `path` when the block succeeds, so a reader sees the old file or the new one, never a part.
+- `remove_stale_temporaries(folder)` removes the `*.tmp` files an interrupted process left (call it while holding
+  the folder's lock, so no live writer's file is touched).
+"""
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import os
+import time
+
+try:  # POSIX; elsewhere folders are not locked.
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
+
+LOCK_FILE = ".lock"
+TMP_SUFFIX = ".tmp"
+DYING_WAIT_S = 10.0
+_POLL_S = 0.1
+
+
+class FolderError(ValueError):
+    """An output folder that cannot be created or written; the message names the path, the key and the fix."""
+
+
+class FolderBusy(ValueError):
+    """An output folder locked by another live process; the message names the folder and the holder's pid."""
+
+
+def _blocking_file(path: str) -> str | None:
+    """The first existing component of `path` that is not a folder (None if there is none)."""
+    partial = ""
+    for part in os.path.abspath(path).split(os.sep)[1:]:
+        partial = os.path.join(partial or os.sep, part)
+        if not os.path.exists(partial):
+            return None
+        if not os.path.isdir(partial):
+            return partial
+    return None
+
+
+def make_folder(path: str, key: str) -> None:
+    """Create folder `path` (and its parents) if needed; `key` is the config key or flag that named it."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as err:
+        blocker = _blocking_file(path)
+        if blocker is not None:
+            raise FolderError(f"{key}={path} cannot be a folder: {blocker} is a file; move that file or choose "
+                              f"another {key}") from None
+        raise FolderError(f"{key}={path} cannot be created ({err.strerror}); choose a writable {key}") from None
+
+
+def _open_lock_file(folder: str, key: str) -> int:
+    try:
+        return os.open(os.path.join(folder, LOCK_FILE), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as err:
+        raise FolderError(f"{key}={folder} is not writable ({err.strerror}: {err.filename}); fix its permissions "
+                          f"or choose another {key}") from None
+
+
+class FolderLock:
+    """The lock of one folder held by this process; `release()` (or leaving a `with` block) gives it up."""
+
+    def __init__(self, folder: str, fd: int):
+        self.folder, self._fd = folder, fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> "FolderLock":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _holder(fd: int) -> str:
+    """The pid recorded in a lock file, as text for messages."""
+    text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+    return f"process {text}" if text.isdigit() else "another process"
+
+
+def try_lock(folder: str, key: str) -> tuple[FolderLock | None, str]:
+    """Take `folder`'s lock without waiting: `(lock, "")`, or `(None, holder)` when another process holds it."""
+    fd = _open_lock_file(folder, key)
+    if fcntl is not None:
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = _holder(fd)
+            os.close(fd)
+            return None, holder
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return FolderLock(folder, fd), ""
+
+
+def lock_folder(folder: str, key: str, what: str) -> FolderLock:
+    """Create `folder` and hold its lock (module docstring); `what` names the folder's use in the message."""
+    make_folder(folder, key)
+    wait_s = DYING_WAIT_S
+    deadline = time.monotonic() + wait_s
+    for attempt in itertools.count():
+        lock, holder = try_lock(folder, key)
+        if lock is not None:
+            return lock
+        if attempt == 0:
+            logging.info("waiting up to %g s for %s to release %s", wait_s, holder, folder)
+        if time.monotonic() >= deadline:
+            raise FolderBusy(f"{what} {folder} is being written by {holder} (it holds {LOCK_FILE}); wait for it to "
+                             f"end, or choose another {key}")
+        time.sleep(_POLL_S)
+
+
+def remove_stale_temporaries(folder: str, subfolders: tuple[str, ...] = ()) -> None:
+    """Delete the `*.tmp` files in `folder` and its `subfolders` (left by an interrupted write), with a warning."""
+    removed = []
+    for name in ("",) + subfolders:
+        path = os.path.join(folder, name)
+        if os.path.isdir(path):
+            for entry in os.scandir(path):
+                if entry.name.endswith(TMP_SUFFIX) and entry.is_file(follow_symlinks=False):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(entry.path)
+                        removed.append(os.path.join(name, entry.name))
+    if removed:
+        logging.warning("removed %d temporary file(s) of an interrupted write from %s: %s", len(removed), folder,
+                        ", ".join(sorted(removed)))
+
+
+@contextlib.contextmanager
+def atomic_path(path: str):
+    """Yield a temporary path beside `path` to write the whole file to; it replaces `path` when the block ends
+    without an exception (after fsync) and is removed otherwise."""
+    folder, name = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(folder, f".{name}.{os.getpid()}{TMP_SUFFIX}")
+    try:
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
