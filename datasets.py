@@ -40,7 +40,19 @@ _INDEX_VERSION = 1
 
 
 class DataError(ValueError):
-    """A data file or folder that cannot be used; the message names the path and the fix."""
+    """A data file or folder that cannot be used; the message (one line) names the path and the fix.
+
+    A DataLoader worker re-raises an error of its dataset in the main process as the same type with the worker's
+    whole traceback as message; a `DataError` keeps only the original message, so it still reads as one line.
+    """
+
+    def __init__(self, message: str):
+        if message.startswith("Caught DataError in DataLoader worker"):
+            message = message.rstrip().splitlines()[-1].split("DataError: ", 1)[-1]
+        super().__init__(message)
+
+
+_SKIP_HINT = "or set data.skip_broken=True to skip broken slices"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -276,13 +288,16 @@ class MultiCoilSliceDataset(Dataset):
         maps_root: folder of `.h5` files with the same names and `s_maps` (see the module docstring).
         config: reads `data.image_size`, `data.normalize_type`, `data.normalize_coeff`.
         skip_slices: leave out the first slices of every volume (see `kept_slices`).
-        skip_broken: leave broken files out with a warning instead of raising `DataError`.
+        skip_broken: leave broken files out with a warning instead of raising `DataError`, and broken slices
+            (unreadable, or k-space or maps with NaN or Inf) with a one-line log warning (the item is `None`, which
+            `collate_multicoil` drops).
         augment: augment each slice (`utils/augment.py`) with the settings of `data.augment`, drawing from a
             generator seeded by `(config.seed, epoch, index)` (`set_epoch` sets the epoch).
 
     Items are dicts: `kspace` complex64 `[C, S, S]` (S = `data.image_size`; cropped in the image domain, then
     augmented and normalised), `maps` complex64 `[C, S, S]` (cropped), `fname` (file stem), `slice` (index in
-    the volume).
+    the volume). A slice that cannot be read or holds non-finite k-space or maps raises a `DataError` naming the
+    file and slice (`None` with `skip_broken`).
     """
 
     def __init__(self, kspace_root: str, maps_root: str, config, skip_slices: int = 0, skip_broken: bool = False,
@@ -298,6 +313,7 @@ class MultiCoilSliceDataset(Dataset):
         if self.normalize_type not in NORMALIZE_TYPES:
             raise ValueError(f"unknown data.normalize_type {self.normalize_type!r}; "
                              f"choose one of {list(NORMALIZE_TYPES)}")
+        self.skip_broken = skip_broken
         self.volumes = build_index(kspace_root, maps_root, self.image_size, skip_broken)
         self.slices = [(v, s) for v in range(len(self.volumes))
                        for s in kept_slices(self.volumes[v].kspace_shape[0], skip_slices)]
@@ -324,10 +340,26 @@ class MultiCoilSliceDataset(Dataset):
             with h5py.File(path, "r") as f:
                 return f[key][index]
         except (OSError, KeyError) as err:
-            raise DataError(f"cannot read {key!r}[{index[0]}] of {path}: {err}; the file changed or is damaged: "
-                            f"replace it, or run data_prepare/save_data_slice.py to re-check the folder") from err
+            raise DataError(f"cannot read slice {index[0]} of {path} ({key!r}): {err}; the file changed or is "
+                            f"damaged: replace it, {_SKIP_HINT}") from err
 
-    def __getitem__(self, idx: int) -> dict:
+    @staticmethod
+    def _check_finite(array: np.ndarray, path: str, key: str, slice_idx: int) -> None:
+        bad = array.size - int(np.count_nonzero(np.isfinite(array)))
+        if bad:
+            raise DataError(f"{path}: {key!r} of slice {slice_idx} holds {bad} non-finite values (NaN or Inf); "
+                            f"repair or remove the file, {_SKIP_HINT}")
+
+    def __getitem__(self, idx: int) -> dict | None:
+        try:
+            return self._load(idx)
+        except DataError as err:
+            if not self.skip_broken:
+                raise
+            log.warning("skipping a broken slice: %s", err)
+            return None
+
+    def _load(self, idx: int) -> dict:
         volume_idx, slice_idx = self.slices[idx]
         volume = self.volumes[volume_idx]
         size = (self.image_size, self.image_size)
@@ -337,6 +369,8 @@ class MultiCoilSliceDataset(Dataset):
         maps = self._read(volume.maps_path, "s_maps", (slice_idx, slice(None), slice(top, top + size[0]),
                                                        slice(left, left + size[1])))
         kspace = self._read(volume.kspace_path, "kspace", (slice_idx,))
+        self._check_finite(maps, volume.maps_path, "s_maps", slice_idx)
+        self._check_finite(kspace, volume.kspace_path, "kspace", slice_idx)
         maps = torch.from_numpy(maps.astype(np.complex64, copy=False))
         kspace = crop_kspace(torch.from_numpy(kspace.astype(np.complex64, copy=False)), size)
         if self.augment is not None:
@@ -345,15 +379,20 @@ class MultiCoilSliceDataset(Dataset):
         return {"kspace": kspace, "maps": maps, "fname": volume.name, "slice": slice_idx}
 
 
-def collate_multicoil(batch: list[dict]) -> dict:
+def collate_multicoil(batch: list[dict | None]) -> dict | None:
     """Stack items into a batch, zero-padding the coil dimension to the largest coil count of the batch.
 
     Zero maps and zero k-space add nothing to `Aᴴ` and are kept at zero by `A`, so padded coils leave every SENSE
-    operation unchanged and files with different coil counts (fastMRI brain) batch together.
+    operation unchanged and files with different coil counts (fastMRI brain) batch together. `None` items (broken
+    slices skipped by `data.skip_broken`) are left out.
 
     Returns:
-        dict with `kspace`, `maps` complex64 `[B, C_max, H, W]`, `fname` list of str, `slice` int64 `[B]`.
+        dict with `kspace`, `maps` complex64 `[B, C_max, H, W]`, `fname` list of str, `slice` int64 `[B]`; `None`
+        when every item was skipped.
     """
+    batch = [item for item in batch if item is not None]
+    if not batch:
+        return None
     num_coils = max(item["kspace"].shape[0] for item in batch)
     out = {}
     for key in ("kspace", "maps"):

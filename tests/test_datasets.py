@@ -390,5 +390,32 @@ def test_file_damaged_after_indexing_names_file_and_slice(make_fastmri):
     folder = make_fastmri(files=1, slices=2)
     dataset = datasets.MultiCoilSliceDataset(folder.root, folder.maps_root, _config())
     os.remove(os.path.join(folder.root, "file1000.h5"))
-    with pytest.raises(datasets.DataError, match=r"cannot read 'kspace'\[1\] of .*file1000\.h5"):
+    with pytest.raises(datasets.DataError, match=r"cannot read slice 1 of .*file1000\.h5 \('kspace'\)"):
         dataset[1]
+
+
+def test_non_finite_slice_is_named_or_skipped(make_fastmri, caplog):
+    folder = make_fastmri(files=1, slices=3)
+    path = os.path.join(folder.root, "file1000.h5")
+    with h5py.File(path, "r+") as f:
+        data = f["kspace"][2]
+        data[1, 30, 20] = np.inf
+        f["kspace"][2] = data
+    with pytest.raises(datasets.DataError, match=r"file1000\.h5: 'kspace' of slice 2 holds 1 non-finite values "
+                                                 r"\(NaN or Inf\).*data\.skip_broken=True"):
+        datasets.MultiCoilSliceDataset(folder.root, folder.maps_root, _config())[2]
+    dataset = datasets.MultiCoilSliceDataset(folder.root, folder.maps_root, _config(), skip_broken=True)
+    assert dataset[2] is None and "skipping a broken slice" in caplog.text
+    batch = datasets.collate_multicoil([dataset[i] for i in range(3)])
+    assert batch["slice"].tolist() == [0, 1] and datasets.collate_multicoil([None]) is None
+
+
+def test_error_in_a_loader_worker_keeps_its_one_line_message(make_fastmri):
+    folder = make_fastmri(files=1, slices=2)
+    dataset = datasets.MultiCoilSliceDataset(folder.root, folder.maps_root, _config())
+    os.remove(os.path.join(folder.root, "file1000.h5"))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=2, num_workers=2,
+                                         collate_fn=datasets.collate_multicoil)
+    with pytest.raises(datasets.DataError) as err:
+        next(iter(loader))
+    assert str(err.value).startswith("cannot read slice ") and "\n" not in str(err.value)
