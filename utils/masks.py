@@ -8,6 +8,10 @@ sample whole columns (the phase-encode direction is the last axis, as in fastMRI
     center_length{L}              a centred L×L square (low-frequency mask for 2-D sampling)
     cartesian_acc{R}_acs{L}       L centre columns + Gaussian variable-density random columns (seeded)
     random_uniform_acc{R}_acs{L}  L centre columns + uniformly random columns (seeded)
+
+A mask folder (`data.mask_root`, default `mask/`) holds the published 320×320 masks at its top level and masks of
+other sizes in `<size>/` subfolders (`utils/generate_mask.py` writes them there), so generating a mask never
+replaces a shipped one.
 """
 from __future__ import annotations
 
@@ -117,10 +121,11 @@ def load_mask(path: str) -> np.ndarray:
 def get_mask(config, caller: str) -> torch.Tensor:
     """The low-frequency mask (`caller="sde"`, from `training.*`) or the sampling mask (`"sample"`, `sampling.*`).
 
-    Loads `<data.mask_root>/<published name>.mat` when it exists, otherwise generates the mask at
-    `data.image_size` (random families seeded by `sampling.mask_seed`). A stored mask of another size is replaced
-    by the generated one when it follows a deterministic family's rule exactly (the shipped 320×320 masks serve
-    any image size); any other size mismatch is an error.
+    Loads `<data.mask_root>/<image size>/<published name>.mat` or else `<data.mask_root>/<published name>.mat`
+    when it exists, otherwise generates the mask at `data.image_size` (random families seeded by
+    `sampling.mask_seed`). A stored mask of another size is replaced by the generated one when it follows a
+    deterministic family's rule exactly (the shipped 320×320 masks serve any image size); any other size mismatch
+    is an error whose message gives the `utils/generate_mask.py` command that writes the mask of the right size.
 
     Returns:
         float32 tensor `[1, 1, H, W]` on `config.device`.
@@ -132,21 +137,32 @@ def get_mask(config, caller: str) -> torch.Tensor:
     kind, acc, acs = group.mask_type, group.acc, group.acs
     if kind not in KINDS:
         raise ValueError(f"unknown {key}.mask_type {kind!r}; choose one of {list(KINDS)}")
-    size = config.data.image_size
-    path = os.path.join(config.data.mask_root, mask_name(kind, acc, acs) + ".mat")
+    size, root, name = config.data.image_size, config.data.mask_root, mask_name(kind, acc, acs) + ".mat"
     seed = config.sampling.mask_seed
+    sized = os.path.join(root, str(size), name)
+    path = sized if os.path.exists(sized) else os.path.join(root, name)
     if os.path.exists(path):
         mask = load_mask(path)
         if mask.shape != (size, size) and _follows_rule(mask, kind, acc, acs, seed):
             mask = make_mask(kind, size, acc=acc, acs=acs, seed=seed)
         elif mask.shape != (size, size):
-            raise ValueError(
-                f"mask file {path} is {mask.shape[0]}×{mask.shape[1]} but data.image_size is {size}; "
-                f"delete it or write one of the right size with "
-                f"`python utils/generate_mask.py --type {kind} --size {size} --acs {acs}`")
+            raise ValueError(f"mask file {path} is {mask.shape[0]}×{mask.shape[1]} but data.image_size is {size}; "
+                             f"write one of that size (the shipped masks stay as they are) with "
+                             f"`{generate_command(kind, acc, acs, size, seed, os.path.join(root, str(size)))}`")
     else:
         mask = make_mask(kind, size, acc=acc, acs=acs, seed=seed)
     return torch.from_numpy(mask)[None, None].to(config.device)
+
+
+def generate_command(kind: str, acc, acs: int, size: int, seed: int, out: str) -> str:
+    """The `utils/generate_mask.py` command line that writes this mask into folder `out`."""
+    parts = ["python utils/generate_mask.py", f"--type {kind}"]
+    if kind in _NEEDS_ACC:
+        parts.append(f"--acc {acc:g}")
+    parts += [f"--acs {acs}", f"--size {size}"]
+    if kind in ("cartesian", "random_uniform"):
+        parts.append(f"--seed {seed}")
+    return " ".join(parts + [f"--out {out}"])
 
 
 def _follows_rule(mask: np.ndarray, kind: str, acc, acs: int, seed: int) -> bool:
