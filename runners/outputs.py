@@ -1,69 +1,139 @@
 """Output files of a reconstruction folder (listed in `runners/reconstruct.py`): per-slice `.mat` and `.png`,
-`metrics.csv`, the `.h5` volumes with `volumes.csv`, and `setting.json`, which keeps one setting per folder."""
+`metrics.csv`, the `.h5` volumes with `volumes.csv`, `summary.json`, and `setting.json`, which keeps one setting
+per folder.
+
+Every file is written whole to a temporary file beside it and renamed over it (`runners.folders.atomic_path`), so
+a killed process leaves the previous version or the new one, never a part. A slice is finished when its
+`metrics.csv` row has every column and its `.mat` file reads back (`SliceRecords.is_done`); the row is written
+last, so a slice killed half-way is reconstructed again. Rows are kept one per `(file, slice)`, and the volumes
+and summaries are built from them.
+"""
 from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 
 import h5py
 import numpy as np
 import scipy.io
 
+from runners.folders import atomic_path
 from utils import metrics
 from utils.figures import save_panel
 
 FIELDS = ["fname", "slice", "nmse", "psnr", "ssim", "nmse_published", "psnr_published", "ssim_published",
-          "zf_nmse", "zf_psnr", "zf_ssim", "seconds", "nfe"]
+          "zf_nmse", "zf_psnr", "zf_ssim", "residual", "zf_residual", "flagged", "seconds", "nfe"]
+_INTEGERS = ("slice", "flagged", "nfe")
+_MAT_KEYS = ("recon", "zero_filled", "ground_truth")
 
 
-def is_done(out: str, fname: str, index: int) -> bool:
-    """Whether slice `index` of `fname` is already reconstructed in `out` (its `.mat` file exists)."""
-    return os.path.exists(os.path.join(out, f"recon_{fname}_{index}.mat"))
+def mat_path(out: str, fname: str, index: int) -> str:
+    return os.path.join(out, f"recon_{fname}_{index}.mat")
 
 
-def write_slice(out, fname, index, recon, zero_filled, truth, row, method, support):
-    """`recon_<file>_<slice>.mat` (complex `[H, W]` images) and the `<file>_<slice>.png` panel with `row`'s metrics;
-    `support` (`[H, W]` or 1) masks the reconstruction in the panel."""
-    scipy.io.savemat(os.path.join(out, f"recon_{fname}_{index}.mat"),
-                     {"recon": recon, "zero_filled": zero_filled, "ground_truth": truth}, do_compression=True)
+def write_json(path: str, value) -> None:
+    """Write `value` as indented JSON to `path`, atomically."""
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        json.dump(value, f, indent=2)
+
+
+def write_slice(out: str, fname: str, index: int, recon: np.ndarray, zero_filled: np.ndarray, truth: np.ndarray,
+                row: dict, title: str) -> None:
+    """`recon_<file>_<slice>.mat` (complex `[H, W]` images) and the `<file>_<slice>.png` panel of the magnitudes
+    scored in `row`, the reconstruction titled `title`."""
+    with atomic_path(mat_path(out, fname, index)) as tmp, open(tmp, "wb") as f:
+        scipy.io.savemat(f, {"recon": recon, "zero_filled": zero_filled, "ground_truth": truth}, do_compression=True)
     zf = {"psnr": row["zf_psnr"], "ssim": row["zf_ssim"]}
-    save_panel(os.path.join(out, f"{fname}_{index}.png"), np.abs(zero_filled), np.abs(recon) * support,
-               np.abs(truth), zf, row, method)
+    with atomic_path(os.path.join(out, f"{fname}_{index}.png")) as tmp:
+        save_panel(tmp, np.abs(zero_filled), np.abs(recon), np.abs(truth), zf, row, title)
 
 
-def append_row(path: str, row: dict) -> None:
-    """Append one slice's metrics to the CSV at `path` (header on a new file)."""
-    new = not os.path.exists(path)
-    with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
+def _read_mat(path: str) -> dict | None:
+    """The images of a slice's `.mat` file; None when it is missing, unreadable or incomplete."""
+    try:
+        data = scipy.io.loadmat(path)
+    except Exception as err:  # scipy raises many types for a damaged file (MatReadError, OSError, IndexError, ...)
+        logging.debug("cannot read %s: %s", path, err)
+        return None
+    return data if all(key in data for key in _MAT_KEYS) else None
+
+
+def _parse(key: str, value: str | None):
+    if key == "fname":
+        return value
+    return int(float(value)) if key in _INTEGERS else float(value)
 
 
 def read_rows(path: str) -> list[dict]:
-    """The rows of `metrics.csv` (numbers as floats); empty when the file does not exist."""
+    """The complete rows of `metrics.csv` (every column of `FIELDS`, numbers parsed); empty when there is no file."""
     if not os.path.exists(path):
         return []
     with open(path, newline="") as f:
-        return [{k: (v if k == "fname" else float(v)) for k, v in row.items()} for row in csv.DictReader(f)]
+        rows = list(csv.DictReader(f))
+    return [{k: _parse(k, row[k]) for k in FIELDS} for row in rows if all(row.get(k) not in (None, "") for k in FIELDS)]
+
+
+class SliceRecords:
+    """The finished slices of a reconstruction folder: the rows of `metrics.csv`, one per `(file, slice)`."""
+
+    def __init__(self, out: str):
+        self.out, self.path = out, os.path.join(out, "metrics.csv")
+        self._rows = {(r["fname"], r["slice"]): r for r in read_rows(self.path)}
+        self._checked: set[tuple[str, int]] = set()
+
+    def is_done(self, fname: str, index: int) -> bool:
+        """Whether the slice has a complete row and a readable `.mat` file; a row whose file is broken is dropped
+        (with a warning) so that the slice is reconstructed again."""
+        key = (fname, int(index))
+        if key not in self._rows:
+            return False
+        if key not in self._checked:
+            if _read_mat(mat_path(self.out, *key)) is None:
+                logging.warning("%s is missing or unreadable (an interrupted run?): slice %d of %s is reconstructed "
+                                "again", mat_path(self.out, *key), key[1], fname)
+                del self._rows[key]
+                return False
+            self._checked.add(key)
+        return True
+
+    def add(self, row: dict) -> None:
+        """Record a finished slice (replacing an earlier row of the same slice) and rewrite `metrics.csv`."""
+        key = (row["fname"], int(row["slice"]))
+        self._rows[key] = row
+        self._checked.add(key)
+        self._write()
+
+    def finished(self) -> list[dict]:
+        """Every finished slice's row in `(file, slice)` order, each `.mat` file checked; `metrics.csv` is rewritten
+        with exactly these rows (dropping duplicates, incomplete rows and rows whose file cannot be read)."""
+        done = [self._rows[key] for key in sorted(self._rows) if self.is_done(*key)]
+        self._write()
+        return done
+
+    def _write(self) -> None:
+        with atomic_path(self.path) as tmp, open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(self._rows[key] for key in sorted(self._rows))
 
 
 def write_volumes(out: str, rows: list[dict]) -> list[dict]:
-    """Assemble `<file>.h5` volumes from the slice files and compute fastMRI per-volume metrics."""
+    """Assemble `<file>.h5` volumes (`reconstruction` `[slices, H, W]` magnitudes and the `slices` indices) from
+    the finished slices `rows` (one per slice) and compute fastMRI per-volume metrics (`volumes.csv`)."""
     volumes = []
     for fname in sorted({r["fname"] for r in rows}):
-        indices = sorted(int(r["slice"]) for r in rows if r["fname"] == fname)
-        mats = [scipy.io.loadmat(os.path.join(out, f"recon_{fname}_{i}.mat")) for i in indices]
+        indices = sorted({int(r["slice"]) for r in rows if r["fname"] == fname})
+        mats = [scipy.io.loadmat(mat_path(out, fname, i)) for i in indices]
         recon = np.stack([np.abs(m["recon"]) for m in mats]).astype(np.float32)
         truth = np.stack([np.abs(m["ground_truth"]) for m in mats])
-        with h5py.File(os.path.join(out, f"{fname}.h5"), "w") as f:
+        with atomic_path(os.path.join(out, f"{fname}.h5")) as tmp, h5py.File(tmp, "w") as f:
             f.create_dataset("reconstruction", data=recon)
             f.create_dataset("slices", data=np.asarray(indices))
         volumes.append({"fname": fname, "n_slices": len(indices), **metrics.evaluate_volume(truth, recon)})
     if volumes:
-        with open(os.path.join(out, "volumes.csv"), "w", newline="") as f:
+        with atomic_path(os.path.join(out, "volumes.csv")) as tmp, open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(volumes[0]))
             writer.writeheader()
             writer.writerows(volumes)
@@ -71,12 +141,14 @@ def write_volumes(out: str, rows: list[dict]) -> list[dict]:
 
 
 # Keys that do not change a slice's reconstruction: a rerun may differ in them and still resume the folder.
-_FREE_KEYS = {"batch_size", "max_slices", "show_progress", "output_dir", "bf16", "compile"}
+_FREE_KEYS = {"sampling": {"batch_size", "max_slices", "show_progress", "output_dir", "bf16", "compile"},
+              "data": {"skip_broken"}, "training": {"num_workers"}}
 
 
 def _setting(config) -> dict:
     setting = json.loads(config.to_json_best_effort())
-    setting["sampling"] = {k: v for k, v in setting["sampling"].items() if k not in _FREE_KEYS}
+    for group, keys in _FREE_KEYS.items():
+        setting[group] = {k: v for k, v in setting[group].items() if k not in keys}
     setting.pop("device", None)
     return setting
 
@@ -93,13 +165,11 @@ def _flat(tree: dict, prefix: str = "") -> dict:
 
 
 def claim_output_folder(config, out: str) -> None:
-    """Create `out`, or check that the results already in it come from the same setting (`setting.json`)."""
+    """Record the setting in `out` (`setting.json`), or check that the results already there come from it."""
     path = os.path.join(out, "setting.json")
     current = json.loads(json.dumps(_setting(config)))
     if not os.path.exists(path):
-        os.makedirs(out, exist_ok=True)
-        with open(path, "w") as f:
-            json.dump(current, f, indent=1)
+        write_json(path, current)
         return
     with open(path) as f:
         saved, now = _flat(json.load(f)), _flat(current)

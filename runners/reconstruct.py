@@ -3,14 +3,25 @@ write the results.
 
 Outputs, in one folder per setting (`sampling.output_dir`, or `<workdir>/<sampling.folder>/samples/<setting>`):
     recon_<file>_<slice>.mat   keys recon, zero_filled, ground_truth (complex [H, W]) — one per slice
-    <file>_<slice>.png         zero-filled | reconstruction | ground truth | |error| ×5, metrics in the titles
-    <file>.h5                  fastMRI-style `reconstruction` [slices, H, W] (magnitude, float32)
-    metrics.csv                one row per slice, both metric conventions (utils/metrics.py) and seconds
+    <file>_<slice>.png         zero-filled | reconstruction (titled with SDE, sampler and steps) | ground truth |
+                               |error| with its scale; the images scored, PSNR/SSIM (fastMRI convention) in the titles
+    <file>.h5                  fastMRI-style `reconstruction` [slices, H, W] (magnitude, float32) and `slices`
+    metrics.csv                one row per slice: both metric conventions (utils/metrics.py), the data residuals,
+                               `flagged`, seconds, NFE
     volumes.csv                fastMRI per-volume metrics
-    summary.json               means over slices, NFE, seconds per slice, method, mask
+    summary.json               means over slices, flagged slices, NFE, seconds per slice, method, mask
     setting.json               the config that made them
-A rerun with the same setting skips the slices whose `.mat` file exists; a folder holding another setting's results
-(other than batch size, slice limit or speed options) is refused rather than mixed.
+
+Data residual: `‖M(F S x) − y‖ / ‖y‖` of the reconstruction `x` against the measured k-space `y` (no ground truth
+needed), `zf_residual` the same for the zero-filled image. A slice whose residual exceeds
+`FLAG_FACTOR × zf_residual + FLAG_MARGIN` (2× + 0.05) does not fit its own measurements (a sampler that diverged,
+a checkpoint of another setting): it is flagged (`flagged` = 1) with a warning in the log.
+
+Every file is written atomically and the folder has one writer at a time (runners/folders.py); a second run into
+it waits briefly and then stops with a line naming the process that holds it. A rerun with the same setting skips
+the finished slices (complete row and readable `.mat`, runners/outputs.py) and rebuilds the volumes and the summary
+from one row per slice; a folder holding another setting's results (other than batch size, slice limit or speed
+options) is refused rather than mixed.
 """
 from __future__ import annotations
 
@@ -29,12 +40,17 @@ import sampling
 import sde_lib
 from baselines import BASELINES
 from models import create_model, get_score_fn
-from runners import outputs
+from runners import folders, outputs
 from utils import metrics
 from utils.checkpoints import load_model_weights
 from utils.common import cuda_speed_options
 from utils.masks import get_mask, mask_name
-from utils.mri import r2c, sense_adjoint
+from utils.mri import r2c, sense_adjoint, sense_forward
+
+FLAG_FACTOR, FLAG_MARGIN = 2.0, 0.05
+SDE_LABELS = {"hfssde": "HFS-SDE", "vpsde": "VP-SDE", "vesde": "VE-SDE", "subvpsde": "subVP-SDE"}
+METHOD_LABELS = {"pc": "PC", "ode": "ODE", "ddim": "DDIM", "zero_filled": "zero-filled", "sense": "CG-SENSE",
+                 "l1wavelet": "ℓ1-wavelet"}
 
 
 def _datashift(config) -> str:
@@ -120,7 +136,7 @@ def build_reconstructor(config, workdir: str):
     sde = sde_lib.get_sde(config)
     model = create_model(config)
     path = checkpoint_path(config, workdir)
-    step = load_model_weights(path, model, config.sampling.use_ema, config.device)
+    step = load_model_weights(path, model, config.sampling.use_ema, config.device, config)
     model.eval()
     bf16, compile_ = cuda_speed_options(config, "sampling")
     score_fn = get_score_fn(sde, torch.compile(model) if compile_ else model, train=False,
@@ -149,6 +165,30 @@ def _check_low_frequencies_measured(config, sde) -> None:
                         config.training.acs)
 
 
+def method_label(config) -> str:
+    """The method as a figure title: `HFS-SDE PC, 100 steps` for a diffusion sampler, `CG-SENSE` for a baseline."""
+    method = config.sampling.method
+    label = METHOD_LABELS.get(method, method)
+    if not is_diffusion(method):
+        return label
+    steps, _ = sampling.sampling_schedule(config)
+    return f"{SDE_LABELS.get(config.training.sde.lower(), config.training.sde)} {label}, {steps} steps"
+
+
+def data_residual(x: torch.Tensor, y: torch.Tensor, maps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Relative data residual `‖M(F S x) − y‖ / ‖y‖` per slice: images `[B, 1, H, W]`, measured k-space `y` and
+    maps `[B, C, H, W]`, mask `[.., H, W]` → `[B]` (0 where `y` is all zero)."""
+    dims = tuple(range(1, y.ndim))
+    misfit = torch.linalg.vector_norm(sense_forward(x, maps, mask) - y, dim=dims)
+    norm = torch.linalg.vector_norm(y, dim=dims)
+    return torch.where(norm > 0, misfit / norm.clamp_min(torch.finfo(norm.dtype).tiny), 0.0)
+
+
+def is_flagged(residual: float, zf_residual: float) -> bool:
+    """Whether a slice's data residual is far above zero-filled's (a non-finite residual is flagged too)."""
+    return not residual <= FLAG_FACTOR * zf_residual + FLAG_MARGIN
+
+
 def slice_seed(base: int, fname: str, index: int) -> int:
     """Noise seed of one slice: independent of batch composition and order."""
     return (base * 1_000_003 + zlib.crc32(f"{fname}:{index}".encode())) % 2**63
@@ -166,16 +206,19 @@ def _check_sizes(mask: torch.Tensor, kspace: torch.Tensor, config) -> None:
                          f"data.image_size to the data's size or give a mask of that size")
 
 
-def reconstruct_loader(config, reconstruct_batch, loader, mask, out: str, method: str) -> list[dict]:
-    """Reconstruct every slice of `loader` not yet in `out`; returns the new metric rows."""
-    rows, seen, limit = [], 0, config.sampling.max_slices
+def reconstruct_loader(config, reconstruct_batch, loader, mask, records: outputs.SliceRecords) -> None:
+    """Reconstruct, score and write every slice of `loader` that `records` does not hold yet."""
+    seen, limit, out = 0, config.sampling.max_slices, records.out
     phantom = _datashift(config) == "phantom"
+    title = method_label(config)
     for batch in loader:
         if 0 < limit <= seen:
             break
+        if batch is None:  # every slice of the batch was broken and skipped (data.skip_broken)
+            continue
         keys = list(zip(batch["fname"], batch["slice"].tolist()))
         keep = [i for i, (f, s) in enumerate(keys)
-                if not outputs.is_done(out, f, s) and (limit <= 0 or seen + i < limit)]
+                if (limit <= 0 or seen + i < limit) and not records.is_done(f, s)]
         seen += len(keys)
         if not keep:
             continue
@@ -193,19 +236,26 @@ def reconstruct_loader(config, reconstruct_batch, loader, mask, out: str, method
         seconds = (time.perf_counter() - start) / len(keep)
         truth = sense_adjoint(kspace, maps, 1.0)
         zero_filled = sense_adjoint(y, maps, mask)
+        residuals = data_residual(recon, y, maps, mask).tolist()
+        zf_residuals = data_residual(zero_filled, y, maps, mask).tolist()
         for j, (fname, index) in enumerate(zip(names, indices)):
             images = [v[j, 0].cpu().numpy() for v in (recon, zero_filled, truth)]
             mags = [np.abs(v) for v in images]
             support = object_support(mags[2]) if phantom else None
             row = {"fname": fname, "slice": index, **metrics.evaluate(mags[2], mags[0], support=support),
                    **{f"zf_{k}": v for k, v in metrics.evaluate(mags[2], mags[1]).items() if k in ("nmse", "psnr", "ssim")},
-                   "seconds": seconds, "nfe": nfe}
-            outputs.write_slice(out, fname, index, *images, row, method, 1.0 if support is None else support)
-            outputs.append_row(os.path.join(out, "metrics.csv"), row)
-            rows.append(row)
-            logging.info("%s slice %d: PSNR %.2f dB (zero-filled %.2f), SSIM %.4f, %.1f s", fname, index,
-                         row["psnr"], row["zf_psnr"], row["ssim"], seconds)
-    return rows
+                   "residual": residuals[j], "zf_residual": zf_residuals[j],
+                   "flagged": int(is_flagged(residuals[j], zf_residuals[j])), "seconds": seconds, "nfe": nfe}
+            outputs.write_slice(out, fname, index, *images, row, title)
+            records.add(row)
+            logging.info("%s slice %d: PSNR %.2f dB (zero-filled %.2f), SSIM %.4f, data residual %.4f (zero-filled "
+                         "%.4f), %.1f s", fname, index, row["psnr"], row["zf_psnr"], row["ssim"], row["residual"],
+                         row["zf_residual"], seconds)
+            if row["flagged"]:
+                logging.warning("%s slice %d is flagged: its data residual %.4f is far above zero-filled's %.4f "
+                                "(> %g × zero-filled + %g), so the reconstruction does not fit its own measurements; "
+                                "check the checkpoint and the sampler settings (sampling.snr, mse, corrector_mse)",
+                                fname, index, row["residual"], row["zf_residual"], FLAG_FACTOR, FLAG_MARGIN)
 
 
 def summarize(config, rows: list[dict], volumes: list[dict], description: str) -> dict:
@@ -215,8 +265,9 @@ def summarize(config, rows: list[dict], volumes: list[dict], description: str) -
                "description": description, "mask": mask_name(s.mask_type, s.acc, s.acs),
                "datashift": _datashift(config), "n_slices": len(rows)}
     for key in ("nmse", "psnr", "ssim", "nmse_published", "psnr_published", "ssim_published", "zf_nmse",
-                "zf_psnr", "zf_ssim"):
+                "zf_psnr", "zf_ssim", "residual", "zf_residual"):
         summary[key] = mean(key)
+    summary["n_flagged"] = int(sum(r["flagged"] for r in rows))
     summary["nfe"] = int(max(r["nfe"] for r in rows))
     summary["seconds_per_slice"] = mean("seconds")
     for key in ("nmse", "psnr", "ssim"):
@@ -231,17 +282,21 @@ def reconstruct(config, workdir: str) -> dict:
     mask = get_mask(config, "sample")
     loader = datasets.get_dataset(config, "test")
     out = output_folder(config, workdir)
-    outputs.claim_output_folder(config, out)
-    logging.info("reconstructing %s with %s into %s", config.sampling.datashift, description, out)
-    with torch.no_grad():
-        reconstruct_loader(config, reconstruct_batch, loader, mask, out, config.sampling.method)
-    rows = outputs.read_rows(os.path.join(out, "metrics.csv"))
-    if not rows:
-        raise ValueError(f"no slices were reconstructed into {out}; check sampling.max_slices and the test set")
-    summary = summarize(config, rows, outputs.write_volumes(out, rows), description)
-    with open(os.path.join(out, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
-    logging.info("%s: %d slices, NMSE %.4f, PSNR %.2f dB, SSIM %.4f (zero-filled PSNR %.2f dB), %.2f s/slice -> %s",
-                 summary["method"], summary["n_slices"], summary["nmse"], summary["psnr"], summary["ssim"],
-                 summary["zf_psnr"], summary["seconds_per_slice"], out)
+    key = "sampling.output_dir" if config.sampling.output_dir else "--workdir"
+    with folders.lock_folder(out, key, "reconstruction folder"):
+        folders.remove_stale_temporaries(out)
+        outputs.claim_output_folder(config, out)
+        records = outputs.SliceRecords(out)
+        logging.info("reconstructing %s with %s into %s", config.sampling.datashift, description, out)
+        with torch.no_grad():
+            reconstruct_loader(config, reconstruct_batch, loader, mask, records)
+        rows = records.finished()
+        if not rows:
+            raise ValueError(f"no slices were reconstructed into {out}; check sampling.max_slices and the test set")
+        summary = summarize(config, rows, outputs.write_volumes(out, rows), description)
+        outputs.write_json(os.path.join(out, "summary.json"), summary)
+    logging.info("%s: %d slices, NMSE %.4f, PSNR %.2f dB, SSIM %.4f (zero-filled PSNR %.2f dB), data residual %.4f "
+                 "(zero-filled %.4f), %d flagged, %.2f s/slice -> %s", summary["method"], summary["n_slices"],
+                 summary["nmse"], summary["psnr"], summary["ssim"], summary["zf_psnr"], summary["residual"],
+                 summary["zf_residual"], summary["n_flagged"], summary["seconds_per_slice"], out)
     return summary

@@ -17,19 +17,23 @@ def _title(name: str, metrics: dict | None) -> str:
 
 
 def save_panel(path: str, zero_filled: np.ndarray, recon: np.ndarray, truth: np.ndarray,
-               zf_metrics: dict, recon_metrics: dict, method: str) -> None:
-    """Zero-filled | reconstruction | ground truth | |error| ×5 of one slice (magnitudes `[H, W]`) as a PNG."""
+               zf_metrics: dict, recon_metrics: dict, title: str) -> None:
+    """Zero-filled | reconstruction | ground truth | |error| of one slice as a PNG (written to `path` whatever its
+    extension). The images (magnitudes `[H, W]`) are shown as given, on the ground truth's grey scale; the error
+    panel `|recon − truth|` is shown 5× brighter, with a colour bar in the images' units. `title` names the
+    reconstruction (e.g. `HFS-SDE PC, 100 steps`); the metrics dicts give the PSNR and SSIM in the titles."""
     vmax = float(truth.max()) or 1.0
-    images = [(zero_filled, _title("zero-filled", zf_metrics)), (recon, _title(method, recon_metrics)),
-              (truth, "ground truth"), (5 * np.abs(recon - truth), "|error| ×5")]
-    fig, axes = plt.subplots(1, 4, figsize=(13, 3.9))
-    for ax, (image, title) in zip(axes, images):
-        ax.imshow(image, cmap="gray", vmin=0, vmax=vmax)
-        ax.set_title(title, fontsize=9)
+    fig, axes = plt.subplots(1, 4, figsize=(13.5, 3.9), gridspec_kw={"width_ratios": [1, 1, 1, 1.08]})
+    panels = [(zero_filled, _title("zero-filled", zf_metrics), vmax), (recon, _title(title, recon_metrics), vmax),
+              (truth, "ground truth", vmax), (np.abs(recon - truth), "|error| (5× brighter)", vmax / 5)]
+    for ax, (image, name, top) in zip(axes, panels):
+        shown = ax.imshow(image, cmap="gray", vmin=0, vmax=top)
+        ax.set_title(name, fontsize=9)
         ax.axis("off")
+    fig.colorbar(shown, ax=axes[-1], fraction=0.046, pad=0.03)
     fig.tight_layout()
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, format="png")
     plt.close(fig)
 
 
