@@ -24,8 +24,35 @@ flags.DEFINE_enum("tune_metric", "psnr", ["psnr", "ssim"], "tune: the score to m
 flags.DEFINE_integer("tune_slices", 2, "tune: how many validation slices (data.eval_root) score a trial.", lower_bound=1)
 flags.mark_flags_as_required(["config", "mode"])
 
-# Mistakes a user can fix (bad paths, values, names); anything else keeps its traceback.
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, RuntimeError)
+# Mistakes a user can fix: bad values, names and data (ValueError, with the project's DataError, CheckpointError,
+# FolderError and FolderBusy) and paths that cannot be used (OSError). Out-of-memory errors get one line too;
+# anything else, other RuntimeErrors included, keeps its traceback.
+USER_ERRORS = (ValueError, OSError)
+_OUT_OF_MEMORY = ("out of memory", "can't allocate memory")
+_BATCH_KEYS = {"train": "training.batch_size", "sample": "sampling.batch_size", "tune": "--tune_slices"}
+
+
+def out_of_memory_hint(err: BaseException, mode: str, config) -> str | None:
+    """One line for an out-of-memory error (torch.OutOfMemoryError or a RuntimeError saying so); None otherwise."""
+    text = str(err)
+    if not isinstance(err, RuntimeError) or not any(s in text.lower() for s in _OUT_OF_MEMORY):
+        return None
+    key = _BATCH_KEYS[mode]
+    now = {"train": config.training.batch_size, "sample": config.sampling.batch_size}.get(mode)
+    if now is None:
+        fix = f"fewer {key}"
+    elif now > 1:
+        fix = f"a smaller {key} (now {now}, e.g. --config.{key}={now // 2})"
+    else:
+        fix = f"a device with more free memory ({key} is already 1)"
+    return f"out of memory ({text.strip().splitlines()[0]}); try {fix}"
+
+
+def user_message(err: BaseException) -> str:
+    """The one-line message of a user error: an OSError of the system names its path and the problem."""
+    if isinstance(err, OSError) and err.filename is not None:
+        return f"cannot use {err.filename}: {err.strerror}; check the path and its permissions"
+    return str(err)
 
 
 def parse_flags(argv):
@@ -65,7 +92,12 @@ def main(argv):
     except USER_ERRORS as err:
         if os.environ.get("HFS_TRACEBACK"):
             raise
-        sys.exit(f"main.py: error: {err}\n(set HFS_TRACEBACK=1 to see the traceback)")
+        sys.exit(f"main.py: error: {user_message(err)}\n(set HFS_TRACEBACK=1 to see the traceback)")
+    except RuntimeError as err:
+        hint = out_of_memory_hint(err, FLAGS.mode, config)
+        if hint is None or os.environ.get("HFS_TRACEBACK"):
+            raise
+        sys.exit(f"main.py: error: {hint}\n(set HFS_TRACEBACK=1 to see the traceback)")
 
 
 if __name__ == "__main__":
