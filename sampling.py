@@ -259,7 +259,8 @@ def ddim_sampler(config, sde, score_fn, y, csm, mask, noise, show_progress: bool
     estimate (as in decomposed diffusion sampling); one network evaluation per step. Returns `(x, nfe)`.
 
     For `t → t'` on the sampling schedule's grid from 1 to `sampling.eps`: `s = P score(x, t)`;
-    `x̂₀ = denoised(x, t, s)`, then `sampling.dc_iters` conjugate-gradient steps of `argmin ‖A x − y‖² +
+    `x̂₀ = denoised(x, t, s)` (times the coil-map support with `sampling.support_mask`), then `sampling.dc_iters`
+    conjugate-gradient steps of `argmin ‖A x − y‖² +
     λ‖x − x̂₀‖²` (λ = `sampling.dc_lambda`); `ε̂ = −σ s`; `x ← mean(x̂₀, t') + √(σ'² − c²)·ε̂ + c·P z` with
     `c = η σ' √(1 − a²σ'²/(a'²σ²))` (η = `sampling.eta`: 0 deterministic, 1 ancestral). The result is the last
     `x̂₀` (already denoised: `sampling.denoise` does not apply), passed through `clean`.
@@ -269,11 +270,12 @@ def ddim_sampler(config, sde, score_fn, y, csm, mask, noise, show_progress: bool
     counted = CountedScore(score_fn)
     x = initial_state(sde, y, csm, noise)
     aty = sense_adjoint(y, csm, mask)
+    inside = support(csm).repeat(1, 2, 1, 1) if c.support_mask else 1.0
     timesteps = torch.linspace(sde.T, c.eps, steps, device=x.device)
     for i in trange(steps, disable=not show_progress, desc="DDIM sampling", leave=False):
         t = timesteps[i].expand(x.shape[0])
         s = sde.project(counted(x, t))
-        x0 = final_data_consistency(denoised(sde, x, t, s), aty, csm, mask, "cg", c.dc_lambda, c.dc_iters)
+        x0 = final_data_consistency(denoised(sde, x, t, s) * inside, aty, csm, mask, "cg", c.dc_lambda, c.dc_iters)
         if i == steps - 1:
             break
         t_next = timesteps[i + 1].expand(x.shape[0])

@@ -1,12 +1,14 @@
-"""The bundled demo: reconstruct the phantom test slices at 4× and 8× with HFS-SDE, VP-SDE and the classical
-baselines, print a table and write the figures.
+"""The bundled demo: reconstruct the held-out brain slices (4×, 8×, 10×) and the phantom slices (4×, 8×) with HFS-SDE,
+VP-SDE, the fast HFS-SDE sampler and the classical baselines; print the tables and write the figures.
 
     bash test_fastMRI.sh demo            # = python -m runners.demo
     bash test_fastMRI.sh demo --fast     # smoke test: one slice, 10 sampling steps
 
-Outputs go to `results/demo/` (`results/demo_fast/` with `--fast`; `--out` to change): one folder per method and
-acceleration with the usual reconstruction outputs (runners/reconstruct.py), `table.md`, `summary.json` and
-`comparison_acc{R}.png`.
+Every method of a set runs on the same slices, masks (uniform, 24 ACS lines) and metrics; the settings come from
+the demo configs (`configs/{hfssde,vp}/{brain,phantom}_demo.py`), which were chosen on validation slices. Outputs go
+to `results/demo/` (`results/demo_fast/` with `--fast`; `--out` to change): one folder per set, acceleration and
+method with the usual reconstruction outputs (runners/reconstruct.py), `table.md`, `summary.json` and
+`comparison_<set>_acc{R}.png`.
 """
 from __future__ import annotations
 
@@ -20,38 +22,47 @@ import numpy as np
 import scipy.io
 from absl import logging as absl_logging
 
-from configs.hfssde.phantom_demo import get_config as hfs_config
-from configs.vp.phantom_demo import get_config as vp_config
-from utils.figures import save_comparison
+from configs.hfssde.brain_demo import get_config as hfs_brain
+from configs.hfssde.phantom_demo import get_config as hfs_phantom
+from configs.vp.brain_demo import get_config as vp_brain
+from configs.vp.phantom_demo import get_config as vp_phantom
 from runners.reconstruct import reconstruct
+from utils.figures import save_comparison
 
-ACCELERATIONS = (4, 8)
-# (label, config factory, sampling.method)
-METHODS = [("zero-filled", hfs_config, "zero_filled"), ("CG-SENSE", hfs_config, "sense"),
-           ("L1-wavelet", hfs_config, "l1wavelet"), ("VP-SDE", vp_config, "pc"), ("HFS-SDE", hfs_config, "pc")]
+# set -> (HFS-SDE config, VP-SDE config, accelerations)
+SETS = {"brain": (hfs_brain, vp_brain, (4, 8, 10)), "phantom": (hfs_phantom, vp_phantom, (4, 8))}
+# (label, which config, sampling overrides)
+METHODS = [("zero-filled", "hfs", {"method": "zero_filled"}), ("CG-SENSE", "hfs", {"method": "sense"}),
+           ("L1-wavelet", "hfs", {"method": "l1wavelet"}), ("VP-SDE", "vp", {}), ("HFS-SDE", "hfs", {}),
+           ("HFS-SDE fast", "hfs", {"method": "ddim", "N": 50})]
 
 
-def demo_config(factory, method: str, acc: int, out: str, fast: bool):
+def demo_config(factory, overrides: dict, acc: int, out: str, fast: bool):
     config = factory()
-    config.sampling.method, config.sampling.acc = method, acc
+    for key, value in overrides.items():
+        config.sampling[key] = value
+    config.sampling.acc = acc
     config.sampling.show_progress = False
-    config.sampling.output_dir = os.path.join(out, f"acc{acc}", method if method != "pc" else config.training.sde)
+    name = config.sampling.method if config.sampling.method not in ("pc", "ddim") else (
+        f"{config.training.sde}_{config.sampling.method}")
+    config.sampling.output_dir = os.path.join(out, f"acc{acc}", name)
     if fast:
         config.sampling.N, config.sampling.max_slices = 10, 1
     return config
 
 
-def run(out: str, fast: bool) -> list[dict]:
+def run(name: str, out: str, fast: bool) -> list[dict]:
+    hfs, vp, accelerations = SETS[name]
     rows = []
-    for acc in ACCELERATIONS:
-        for label, factory, method in METHODS:
-            config = demo_config(factory, method, acc, out, fast)
-            if method == "pc" and not os.path.isfile(config.sampling.checkpoint):
-                logging.warning("%s skipped: no demo weights at %s (train them with the command in README.md)",
+    for acc in accelerations:
+        for label, which, overrides in METHODS:
+            config = demo_config(hfs if which == "hfs" else vp, overrides, acc, out, fast)
+            if config.sampling.method in ("pc", "ddim") and not os.path.isfile(config.sampling.checkpoint):
+                logging.warning("%s skipped: no demo weights at %s (train them with the commands in demo/README.md)",
                                 label, config.sampling.checkpoint)
                 continue
             summary = reconstruct(config, out)
-            rows.append({**summary, "method": label, "acc": acc, "folder": config.sampling.output_dir})
+            rows.append({**summary, "set": name, "method": label, "acc": acc, "folder": config.sampling.output_dir})
     return rows
 
 
@@ -63,37 +74,41 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def figures(rows: list[dict], out: str) -> None:
-    """`comparison_acc{R}.png`: the first test slice, every method side by side with the ground truth."""
-    for acc in ACCELERATIONS:
+def figures(rows: list[dict], out: str, name: str) -> None:
+    """`comparison_<set>_acc{R}.png`: the first test slice, every method side by side with the ground truth."""
+    for acc in sorted({r["acc"] for r in rows}):
         panels, truth = [], None
         for r in (r for r in rows if r["acc"] == acc):
-            name = sorted(f for f in os.listdir(r["folder"]) if f.startswith("recon_") and f.endswith(".mat"))[0]
-            mat = scipy.io.loadmat(os.path.join(r["folder"], name))
+            mat_name = sorted(f for f in os.listdir(r["folder"]) if f.startswith("recon_") and f.endswith(".mat"))[0]
+            mat = scipy.io.loadmat(os.path.join(r["folder"], mat_name))
             truth = np.abs(mat["ground_truth"])
             panels.append((r["method"], np.abs(mat["recon"]), {"psnr": r["psnr"], "ssim": r["ssim"]}))
-        if panels:
-            save_comparison(os.path.join(out, f"comparison_acc{acc}.png"), panels, truth)
+        save_comparison(os.path.join(out, f"comparison_{name}_acc{acc}.png"), panels, truth)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", help="output folder (default results/demo, or results/demo_fast with --fast)")
     parser.add_argument("--fast", action="store_true", help="one slice and 10 sampling steps (smoke test)")
+    parser.add_argument("--sets", nargs="+", choices=sorted(SETS), default=list(SETS), help="which test sets")
     args = parser.parse_args(argv)
     args.out = args.out or ("results/demo_fast" if args.fast else "results/demo")
     absl_logging.set_verbosity(absl_logging.WARNING)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
 
-    rows = run(args.out, args.fast)
-    text = table(rows)
-    print(f"Phantom demo ({'fast smoke test' if args.fast else 'full'}), uniform masks with 24 ACS lines, "
-          f"{rows[0]['n_slices']} slice(s) per setting:\n{text}")
+    rows, texts = [], []
+    for name in args.sets:
+        set_rows = run(name, os.path.join(args.out, name), args.fast)
+        figures(set_rows, args.out, name)
+        texts.append(f"{name.capitalize()} demo ({'fast smoke test' if args.fast else 'full'}), uniform masks with "
+                     f"24 ACS lines, {set_rows[0]['n_slices']} slice(s) per setting:\n{table(set_rows)}")
+        rows += set_rows
+    text = "\n\n".join(texts)
+    print(text)
     with open(os.path.join(args.out, "table.md"), "w") as f:
         f.write(text + "\n")
     with open(os.path.join(args.out, "summary.json"), "w") as f:
         json.dump(rows, f, indent=2)
-    figures(rows, args.out)
     print(f"figures and per-slice outputs in {args.out}/")
     return 0
 

@@ -5,7 +5,8 @@
 The validation slices are the first `--tune_slices` slices of `data.eval_root` (never the test set). The search
 space of a diffusion sampler is `AXES`: log-grids for `sampling.snr` (`snr_accelerated` when
 `sampling.accelerated_sampling`), `mse` and `corrector_mse`, and the choices of the clean-image options
-`support_mask`, `final_dc` and `denoise`; of a baseline, `BASELINE_AXES` (ℓ1-wavelet's λ, CG-SENSE's iterations). The search
+`support_mask`, `final_dc` and `denoise`; of the DDIM sampler, `DDIM_AXES` (η, the data-consistency λ and CG steps,
+the support mask); of a baseline, `BASELINE_AXES` (ℓ1-wavelet's λ, CG-SENSE's iterations). The search
 starts at the config's values (snapped to the grids), runs coordinate descent on the coarse grids (every other
 grid value), then refines on the full grids among the neighbours of the best point, until no trial improves.
 
@@ -51,6 +52,12 @@ AXES: tuple[tuple[str, tuple, bool], ...] = (
     ("support_mask", (False, True), False),
     ("final_dc", ("none", "replace", "cg"), False),
     ("denoise", (False, True), False),
+)
+DDIM_AXES: tuple[tuple[str, tuple, bool], ...] = (
+    ("eta", (0.0, 0.25, 0.5, 0.7, 0.85, 1.0), True),
+    ("dc_lambda", _log_grid(1e-3, 1.0, 3), True),
+    ("dc_iters", (2, 5, 10, 20), True),
+    ("support_mask", (False, True), False),
 )
 BASELINE_AXES = {
     "l1wavelet": (("l1_lambda", _log_grid(1e-5, 1e-1, 3), True),),
@@ -147,11 +154,14 @@ def _validation_slices(config, count: int) -> dict:
 
 
 def search_axes(config) -> list[tuple[str, tuple, bool]]:
-    """The searched `(sampling key, grid, ordered)` axes of `sampling.method`: `AXES` for a diffusion sampler
-    (`snr` standing for `snr_accelerated` with accelerated sampling), `BASELINE_AXES` for a baseline."""
+    """The searched `(sampling key, grid, ordered)` axes of `sampling.method`: `AXES` for the PC and ODE samplers
+    (`snr` standing for `snr_accelerated` with accelerated sampling), `DDIM_AXES` for `ddim`, `BASELINE_AXES` for a
+    baseline."""
     method = config.sampling.method
     if method in BASELINE_AXES:
         return list(BASELINE_AXES[method])
+    if method == "ddim":
+        return list(DDIM_AXES)
     if not is_diffusion(method):
         raise ValueError(f"sampling.method={method!r} has no settings to tune; choose a diffusion sampler or one of "
                          f"{sorted(BASELINE_AXES)}")
