@@ -421,6 +421,17 @@ def test_checkpoint_of_another_sde_is_named_in_one_warning(setup, tmp_path, capl
     assert "training.sde='vpsde' (config: 'hfssde')" in warning and "\n" not in warning
 
 
+def test_exported_checkpoint_keeps_the_record(tmp_path, caplog):
+    path = _checkpoint(str(tmp_path / "vp.pth"), sde="vpsde")
+    checkpoints.export_for_sampling(path, tmp_path / "small.pth")
+    config = get_config()
+    checkpoints.load_model_weights(tmp_path / "small.pth", create_model(config), True, "cpu", config)
+    assert "training.sde='vpsde' (config: 'hfssde')" in caplog.text
+    caplog.clear()
+    checkpoints.load_model_weights(tmp_path / "small.pth", create_model(config), True, "cpu", get_config("vpsde"))
+    assert "was trained with" not in caplog.text
+
+
 # ---- 10. panels show what was scored -----------------------------------------------------------------------------
 def test_panel_shows_the_scored_images_with_method_title_and_error_scale(setup, monkeypatch):
     config, _, folder = setup
