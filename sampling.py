@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from tqdm.auto import trange
 
-from utils.common import Registry, append_dims
+from utils.common import Registry, append_dims, derived_seed
 from utils.mri import c2r, conjugate_gradient, r2c, sense_adjoint, sense_normal
 
 PREDICTORS = Registry("predictor")
@@ -113,6 +113,13 @@ class SampleNoise:
 
     def __call__(self, shape) -> torch.Tensor:
         return torch.stack([torch.randn(shape[1:], generator=gen, device=self.device) for gen in self.generators])
+
+
+def posterior_seeds(seeds, num_samples: int) -> list[int]:
+    """Noise seeds of `num_samples` posterior samples of each slice, slice-major (`[s₀ k₀, s₀ k₁, …, s₁ k₀, …]`):
+    sample 0 keeps the slice's seed, so one sample is the single reconstruction; sample k gets a seed derived from
+    `(seed, k)`, so a slice's samples depend neither on the batch nor on the other slices."""
+    return [int(s) if k == 0 else derived_seed(int(s) % 2**63, k) for s in seeds for k in range(num_samples)]
 
 
 def initial_state(sde, y, csm, noise) -> torch.Tensor:

@@ -62,6 +62,8 @@ def get_default_configs() -> ml_collections.ConfigDict:
     sampling.dc_lambda = 0.01
     sampling.eta = 0.0  # ddim: 0 deterministic steps, 1 ancestral (DDPM-like) noise
     sampling.dc_iters = 5  # ddim: conjugate-gradient steps of the data consistency on each denoised estimate
+    sampling.num_samples = 1  # posterior samples per slice: the mean is scored, their std is the uncertainty map
+    sampling.save_samples = False  # also store every sample in the .mat files
     sampling.tuned = ""  # best.json of `main.py --mode tune`: its sampler settings replace these
     sampling.batch_size = 1
     sampling.mask_type = "uniform"  # uniform | cartesian | random_uniform | center | low_frequency

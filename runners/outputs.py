@@ -25,6 +25,8 @@ from utils.figures import save_panel
 
 FIELDS = ["fname", "slice", "nmse", "psnr", "ssim", "nmse_published", "psnr_published", "ssim_published",
           "zf_nmse", "zf_psnr", "zf_ssim", "residual", "zf_residual", "flagged", "seconds", "nfe"]
+# Columns of slices reconstructed with several posterior samples (utils/metrics.calibration); empty otherwise.
+POSTERIOR_FIELDS = ("std_rank_corr", "coverage_2std")
 _INTEGERS = ("slice", "flagged", "nfe")
 _MAT_KEYS = ("recon", "zero_filled", "ground_truth")
 
@@ -40,14 +42,17 @@ def write_json(path: str, value) -> None:
 
 
 def write_slice(out: str, fname: str, index: int, recon: np.ndarray, zero_filled: np.ndarray, truth: np.ndarray,
-                row: dict, title: str) -> None:
-    """`recon_<file>_<slice>.mat` (complex `[H, W]` images) and the `<file>_<slice>.png` panel of the magnitudes
-    scored in `row`, the reconstruction titled `title`."""
+                row: dict, title: str, std: np.ndarray | None = None, samples: np.ndarray | None = None) -> None:
+    """`recon_<file>_<slice>.mat` (complex `[H, W]` images; with posterior samples also `std`, the pixelwise std of
+    their magnitudes, and optionally the complex `samples` `[K, H, W]`) and the `<file>_<slice>.png` panel of the
+    magnitudes scored in `row` (plus the std map), the reconstruction titled `title`."""
+    images = {"recon": recon, "zero_filled": zero_filled, "ground_truth": truth}
+    images.update({k: v for k, v in (("std", std), ("samples", samples)) if v is not None})
     with atomic_path(mat_path(out, fname, index)) as tmp, open(tmp, "wb") as f:
-        scipy.io.savemat(f, {"recon": recon, "zero_filled": zero_filled, "ground_truth": truth}, do_compression=True)
+        scipy.io.savemat(f, images, do_compression=True)
     zf = {"psnr": row["zf_psnr"], "ssim": row["zf_ssim"]}
     with atomic_path(os.path.join(out, f"{fname}_{index}.png")) as tmp:
-        save_panel(tmp, np.abs(zero_filled), np.abs(recon), np.abs(truth), zf, row, title)
+        save_panel(tmp, np.abs(zero_filled), np.abs(recon), np.abs(truth), zf, row, title, std)
 
 
 def _read_mat(path: str) -> dict | None:
@@ -72,7 +77,8 @@ def read_rows(path: str) -> list[dict]:
         return []
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
-    return [{k: _parse(k, row[k]) for k in FIELDS} for row in rows if all(row.get(k) not in (None, "") for k in FIELDS)]
+    return [{k: _parse(k, row[k]) for k in FIELDS + list(POSTERIOR_FIELDS) if row.get(k) not in (None, "")}
+            for row in rows if all(row.get(k) not in (None, "") for k in FIELDS)]
 
 
 class SliceRecords:
@@ -114,13 +120,14 @@ class SliceRecords:
 
     def _write(self) -> None:
         with atomic_path(self.path) as tmp, open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
+            writer = csv.DictWriter(f, fieldnames=FIELDS + list(POSTERIOR_FIELDS), extrasaction="ignore")
             writer.writeheader()
             writer.writerows(self._rows[key] for key in sorted(self._rows))
 
 
 def write_volumes(out: str, rows: list[dict]) -> list[dict]:
-    """Assemble `<file>.h5` volumes (`reconstruction` `[slices, H, W]` magnitudes and the `slices` indices) from
+    """Assemble `<file>.h5` volumes (`reconstruction` `[slices, H, W]` magnitudes, with posterior samples their `std`,
+    and the `slices` indices) from
     the finished slices `rows` (one per slice) and compute fastMRI per-volume metrics (`volumes.csv`)."""
     volumes = []
     for fname in sorted({r["fname"] for r in rows}):
@@ -131,6 +138,8 @@ def write_volumes(out: str, rows: list[dict]) -> list[dict]:
         with atomic_path(os.path.join(out, f"{fname}.h5")) as tmp, h5py.File(tmp, "w") as f:
             f.create_dataset("reconstruction", data=recon)
             f.create_dataset("slices", data=np.asarray(indices))
+            if all("std" in m for m in mats):
+                f.create_dataset("std", data=np.stack([m["std"] for m in mats]).astype(np.float32))
         volumes.append({"fname": fname, "n_slices": len(indices), **metrics.evaluate_volume(truth, recon)})
     if volumes:
         with atomic_path(os.path.join(out, "volumes.csv")) as tmp, open(tmp, "w", newline="") as f:

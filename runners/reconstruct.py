@@ -109,6 +109,8 @@ def setting_name(config) -> str:
                   f"cmse{s.corrector_mse:g}", "ema" if s.use_ema else "raw", f"seed{s.seed}"]
         parts += [flag for flag, on in (("projscore", s.project_score), ("support", s.support_mask),
                                         ("denoise", s.denoise)) if on]
+        if s.num_samples > 1:
+            parts.append(f"K{s.num_samples}")
         if s.final_dc != "none":
             parts.append(f"dc{s.final_dc}" + (f"{s.dc_lambda:g}" if s.final_dc == "cg" else ""))
     elif s.method == "l1wavelet":
@@ -125,10 +127,18 @@ def output_folder(config, workdir: str) -> str:
 
 
 def build_reconstructor(config, workdir: str):
-    """`(fn(y, csm, mask, seeds) -> (complex image [B, 1, H, W], nfe), description)` for `sampling.method`."""
+    """`(fn(y, csm, mask, seeds) -> (complex images [B, K, H, W], nfe), description)` for `sampling.method`: the
+    `K = sampling.num_samples` posterior samples of each slice (one image for a baseline), all slices and samples in
+    one sampler batch, each sample with its own noise stream (`sampling.posterior_seeds`)."""
     method = config.sampling.method
     check_method(method)
+    num_samples = int(config.sampling.num_samples)
+    if num_samples < 1:
+        raise ValueError(f"sampling.num_samples must be at least 1, got {num_samples}")
     if not is_diffusion(method):
+        if num_samples > 1:
+            raise ValueError(f"sampling.num_samples={num_samples} needs a diffusion sampler; the baseline "
+                             f"{method!r} gives one image (set sampling.num_samples=1)")
         baseline = BASELINES.get(method)
         return (lambda y, csm, mask, seeds: (baseline(y, csm, mask, config), 0)), method
     sampling.PREDICTORS.get(config.sampling.predictor)
@@ -145,9 +155,10 @@ def build_reconstructor(config, workdir: str):
     _check_low_frequencies_measured(config, sde)
 
     def reconstruct_batch(y, csm, mask, seeds):
-        x, nfe = sampler(config, sde, score_fn, y, csm, mask, sampling.SampleNoise(seeds, y.device),
-                         show_progress=config.sampling.show_progress)
-        return r2c(x), nfe
+        noise = sampling.SampleNoise(sampling.posterior_seeds(seeds, num_samples), y.device)
+        x, nfe = sampler(config, sde, score_fn, y.repeat_interleave(num_samples, 0),
+                         csm.repeat_interleave(num_samples, 0), mask, noise, show_progress=config.sampling.show_progress)
+        return r2c(x).reshape(y.shape[0], num_samples, *x.shape[-2:]), nfe
 
     return reconstruct_batch, f"{method} with {path} (step {step})"
 
@@ -195,7 +206,8 @@ def slice_seed(base: int, fname: str, index: int) -> int:
 
 
 def object_support(truth: np.ndarray) -> np.ndarray:
-    """Support of a phantom (magnitude above 2 % of its maximum, holes filled), for the published metrics."""
+    """Support of the object (magnitude above 2 % of its maximum, holes filled): the region of the published metrics
+    on the phantom set and of the posterior calibration figures."""
     return binary_fill_holes(truth > 0.02 * truth.max())
 
 
@@ -229,8 +241,10 @@ def reconstruct_loader(config, reconstruct_batch, loader, mask, records: outputs
         indices = [int(batch["slice"][i]) for i in keep]
         y = mask * kspace
         start = time.perf_counter()
-        recon, nfe = reconstruct_batch(y, maps, mask, [slice_seed(config.sampling.seed, f, s)
-                                                       for f, s in zip(names, indices)])
+        samples, nfe = reconstruct_batch(y, maps, mask, [slice_seed(config.sampling.seed, f, s)
+                                                         for f, s in zip(names, indices)])
+        recon = samples.mean(dim=1, keepdim=True)
+        std = samples.abs().std(dim=1) if samples.shape[1] > 1 else None
         if recon.is_cuda:
             torch.cuda.synchronize()
         seconds = (time.perf_counter() - start) / len(keep)
@@ -242,11 +256,16 @@ def reconstruct_loader(config, reconstruct_batch, loader, mask, records: outputs
             images = [v[j, 0].cpu().numpy() for v in (recon, zero_filled, truth)]
             mags = [np.abs(v) for v in images]
             support = object_support(mags[2]) if phantom else None
+            posterior = {} if std is None else {"std": std[j].cpu().numpy()}
             row = {"fname": fname, "slice": index, **metrics.evaluate(mags[2], mags[0], support=support),
                    **{f"zf_{k}": v for k, v in metrics.evaluate(mags[2], mags[1]).items() if k in ("nmse", "psnr", "ssim")},
                    "residual": residuals[j], "zf_residual": zf_residuals[j],
                    "flagged": int(is_flagged(residuals[j], zf_residuals[j])), "seconds": seconds, "nfe": nfe}
-            outputs.write_slice(out, fname, index, *images, row, title)
+            if posterior:
+                row.update(metrics.calibration(mags[2], mags[0], posterior["std"], object_support(mags[2])))
+                if config.sampling.save_samples:
+                    posterior["samples"] = samples[j].cpu().numpy()
+            outputs.write_slice(out, fname, index, *images, row, title, **posterior)
             records.add(row)
             logging.info("%s slice %d: PSNR %.2f dB (zero-filled %.2f), SSIM %.4f, data residual %.4f (zero-filled "
                          "%.4f), %.1f s", fname, index, row["psnr"], row["zf_psnr"], row["ssim"], row["residual"],
@@ -268,6 +287,10 @@ def summarize(config, rows: list[dict], volumes: list[dict], description: str) -
                 "zf_psnr", "zf_ssim", "residual", "zf_residual"):
         summary[key] = mean(key)
     summary["n_flagged"] = int(sum(r["flagged"] for r in rows))
+    summary["num_samples"] = int(s.num_samples)
+    for key in outputs.POSTERIOR_FIELDS:
+        if all(key in r for r in rows):
+            summary[key] = float(np.nanmean([r[key] for r in rows]))
     summary["nfe"] = int(max(r["nfe"] for r in rows))
     summary["seconds_per_slice"] = mean("seconds")
     for key in ("nmse", "psnr", "ssim"):

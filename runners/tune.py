@@ -203,7 +203,7 @@ class Tuner:
         with torch.no_grad():
             recon, _ = self.reconstruct_batch(self.mask * self.data["kspace"], self.data["maps"], self.mask,
                                               self.data["seeds"])
-        scores = [metrics.evaluate(t, r) for t, r in zip(self.truth, recon.abs()[:, 0].cpu().numpy())]
+        scores = [metrics.evaluate(t, r) for t, r in zip(self.truth, recon.mean(dim=1).abs().cpu().numpy())]
         result = {m: float(np.mean([s[m] for s in scores])) for m in METRICS}
         result["seconds"] = time.perf_counter() - start
         return result

@@ -445,7 +445,8 @@ def test_panel_shows_the_scored_images_with_method_title_and_error_scale(setup, 
     reconstruct(config, "unused")
     out = config.sampling.output_dir
     mat = scipy.io.loadmat(os.path.join(out, "recon_file1000_0.mat"))
-    [(path, zf, recon, truth, zf_metrics, metrics, title)] = panels
+    [(path, zf, recon, truth, zf_metrics, metrics, title, std)] = panels
+    assert std is None  # one sample: no posterior std panel
     np.testing.assert_array_equal(recon, np.abs(mat["recon"]))
     assert title == "HFS-SDE PC, 3 steps" and os.path.getsize(os.path.join(out, "file1000_0.png")) > 1000
     [row] = outputs.read_rows(os.path.join(out, "metrics.csv"))

@@ -17,15 +17,19 @@ def _title(name: str, metrics: dict | None) -> str:
 
 
 def save_panel(path: str, zero_filled: np.ndarray, recon: np.ndarray, truth: np.ndarray,
-               zf_metrics: dict, recon_metrics: dict, title: str) -> None:
+               zf_metrics: dict, recon_metrics: dict, title: str, std: np.ndarray | None = None) -> None:
     """Zero-filled | reconstruction | ground truth | |error| of one slice as a PNG (written to `path` whatever its
     extension). The images (magnitudes `[H, W]`) are shown as given, on the ground truth's grey scale; the error
-    panel `|recon − truth|` is shown 5× brighter, with a colour bar in the images' units. `title` names the
-    reconstruction (e.g. `HFS-SDE PC, 100 steps`); the metrics dicts give the PSNR and SSIM in the titles."""
+    panel `|recon − truth|` is shown 5× brighter, with a colour bar in the images' units; a posterior `std` map
+    follows on the error panel's scale. `title` names the reconstruction (e.g. `HFS-SDE PC, 100 steps`); the
+    metrics dicts give the PSNR and SSIM in the titles."""
     vmax = float(truth.max()) or 1.0
-    fig, axes = plt.subplots(1, 4, figsize=(13.5, 3.9), gridspec_kw={"width_ratios": [1, 1, 1, 1.08]})
     panels = [(zero_filled, _title("zero-filled", zf_metrics), vmax), (recon, _title(title, recon_metrics), vmax),
               (truth, "ground truth", vmax), (np.abs(recon - truth), "|error| (5× brighter)", vmax / 5)]
+    if std is not None:
+        panels.append((std, "posterior std (5× brighter)", vmax / 5))
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.35 * len(panels) + 0.1, 3.9),
+                             gridspec_kw={"width_ratios": [1] * (len(panels) - 1) + [1.08]})
     for ax, (image, name, top) in zip(axes, panels):
         shown = ax.imshow(image, cmap="gray", vmin=0, vmax=top)
         ax.set_title(name, fontsize=9)
@@ -62,6 +66,23 @@ def save_trials(path: str, values: list[float], metric: str) -> None:
     ax.set_xlabel("trial")
     ax.set_ylabel(metric.upper())
     ax.legend()
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def save_curves(path: str, curves: dict[str, list[tuple[float, float]]], xlabel: str, ylabel: str) -> None:
+    """One line per named curve of `(x, y)` points (e.g. PSNR against network evaluations), log-scaled x."""
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for name, points in curves.items():
+        xs, ys = zip(*sorted(points))
+        ax.plot(xs, ys, "o-", ms=4, label=name)
+    ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     fig.savefig(path, dpi=100)

@@ -230,3 +230,21 @@ def evaluate_volume(gt: ArrayLike, pred: ArrayLike) -> dict[str, float]:
     """
     gt, pred = _pair(to_magnitude(gt), to_magnitude(pred))
     return {"nmse": nmse(gt, pred), "psnr": psnr(gt, pred), "ssim": ssim_volume(gt, pred)}
+
+
+def calibration(gt: ArrayLike, mean: ArrayLike, std: ArrayLike, region: ArrayLike) -> dict[str, float]:
+    """How well a pixelwise posterior std predicts the error of the posterior mean, over `region` (0/1 `[H, W]`).
+
+    `std_rank_corr`: Spearman rank correlation between `std` and `|error| = ||mean| − |gt||` (1: the std orders
+    the pixels exactly as their errors do); `coverage_2std`: the fraction of pixels with `|error| ≤ 2·std` (about
+    0.95 for a calibrated Gaussian posterior; lower means over-confident). Inputs are `[H, W]`, complex or magnitude.
+    """
+    from scipy.stats import spearmanr  # noqa: PLC0415 - only posterior samples need it
+
+    gt, mean = _pair(to_magnitude(gt), to_magnitude(mean))
+    std = _numpy(std).astype(np.float64)
+    inside = _numpy(region).astype(bool)
+    error = np.abs(mean - gt)[inside]
+    spread = std[inside]
+    corr = spearmanr(spread, error).statistic if spread.size > 1 and np.ptp(spread) > 0 else float("nan")
+    return {"std_rank_corr": float(corr), "coverage_2std": float(np.mean(error <= 2 * spread))}

@@ -1,0 +1,106 @@
+"""Posterior samples (`sampling.num_samples`): noise streams, batch invariance, the std map and its outputs."""
+import json
+import os
+
+import h5py
+import numpy as np
+import pytest
+import scipy.io
+import torch
+
+import datasets
+import sampling
+import sde_lib
+from configs.hfssde.phantom_demo import get_config as phantom_config
+from runners.reconstruct import build_reconstructor, reconstruct
+from utils import metrics, mri
+from utils.masks import get_mask
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def demo_config(num_samples=1, steps=3):
+    config = phantom_config()
+    config.sampling.checkpoint = os.path.join(ROOT, config.sampling.checkpoint)
+    config.data.test_roots.phantom = os.path.join(ROOT, config.data.test_roots.phantom)
+    config.sampling.N, config.sampling.num_samples = steps, num_samples
+    config.sampling.show_progress = False
+    config.device = "cpu"
+    return config
+
+
+@pytest.fixture(scope="module")
+def slices():
+    config = demo_config()
+    batch = datasets.collate_multicoil([datasets.get_dataset(config, "test").dataset[i] for i in range(2)])
+    mask = get_mask(config, "sample")
+    return mask * batch["kspace"], batch["maps"], mask
+
+
+def test_posterior_seeds_keep_the_slice_seed_first_and_are_distinct():
+    assert sampling.posterior_seeds([5, 9], 1) == [5, 9]
+    seeds = sampling.posterior_seeds([5, 9], 3)
+    assert seeds[0] == 5 and seeds[3] == 9 and len(set(seeds)) == 6
+    assert sampling.posterior_seeds([9], 3) == seeds[3:]
+
+
+def test_samples_are_reproducible_batch_invariant_and_one_sample_is_the_single_reconstruction(slices):
+    y, maps, mask = slices
+    many, nfe = build_reconstructor(demo_config(3), ROOT)[0](y, maps, mask, [11, 12])
+    assert many.shape == (2, 3) + tuple(y.shape[-2:]) and nfe == 6
+    again, _ = build_reconstructor(demo_config(3), ROOT)[0](y[1:], maps[1:], mask, [12])
+    torch.testing.assert_close(again[0], many[1], atol=1e-4, rtol=1e-4)
+    one, _ = build_reconstructor(demo_config(1), ROOT)[0](y, maps, mask, [11, 12])
+    torch.testing.assert_close(one[:, 0], many[:, 0], atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(many[:, 1], many[:, 0], atol=1e-3)
+
+
+@pytest.mark.parametrize("method, steps, ratio", [("pc", 20, 0.1), ("ddim", 10, 0.05)])
+def test_std_vanishes_on_the_measured_low_frequencies_and_not_elsewhere(slices, method, steps, ratio):
+    y, maps, mask = slices
+    config = demo_config(3, steps=steps)
+    config.sampling.method, config.sampling.eta, config.sampling.project_score = method, 0.85, True
+    samples, _ = build_reconstructor(config, ROOT)[0](y[:1], maps[:1], mask, [3])
+    spread = mri.fft2c(samples[0]).std(dim=0)  # per k-space sample, over the posterior samples
+    lowfreq = sde_lib.get_sde(config).lowfreq_mask.reshape(spread.shape) > 0
+    unmeasured = mask.reshape(spread.shape) == 0
+    assert spread[unmeasured].mean() > 0
+    assert spread[lowfreq].mean() < ratio * spread[unmeasured].mean()
+
+
+def test_calibration_figures():
+    rng = np.random.default_rng(0)
+    truth = np.ones((32, 32))
+    std = rng.uniform(0.01, 0.1, (32, 32))
+    mean = truth + std * rng.standard_normal((32, 32))
+    scores = metrics.calibration(truth, mean, std, np.ones((32, 32)))
+    assert 0.9 < scores["coverage_2std"] <= 1 and scores["std_rank_corr"] > 0.4
+    assert metrics.calibration(truth, mean, 0.01 * std, np.ones((32, 32)))["coverage_2std"] < 0.2
+
+
+def test_reconstruction_outputs_hold_mean_std_samples_and_calibration(tmp_path):
+    config = demo_config(2)
+    config.sampling.max_slices, config.sampling.save_samples = 1, True
+    config.sampling.output_dir = str(tmp_path / "k2")
+    summary = reconstruct(config, str(tmp_path))
+    assert summary["num_samples"] == 2 and 0 <= summary["coverage_2std"] <= 1
+    assert np.isfinite(summary["std_rank_corr"])
+    mat = scipy.io.loadmat(tmp_path / "k2" / "recon_phantom_test_0000_0.mat")
+    assert mat["samples"].shape == (2,) + mat["recon"].shape and mat["std"].shape == mat["recon"].shape
+    np.testing.assert_allclose(mat["recon"], mat["samples"].mean(0), atol=1e-5)
+    with h5py.File(tmp_path / "k2" / "phantom_test_0000.h5") as f:
+        assert f["std"].shape == f["reconstruction"].shape
+    header = open(tmp_path / "k2" / "metrics.csv").readline()
+    assert "std_rank_corr" in header and "coverage_2std" in header
+    single = demo_config(1)
+    single.sampling.max_slices, single.sampling.output_dir = 1, str(tmp_path / "k1")
+    assert "coverage_2std" not in reconstruct(single, str(tmp_path))
+    assert "std" not in scipy.io.loadmat(tmp_path / "k1" / "recon_phantom_test_0000_0.mat")
+    assert json.load(open(tmp_path / "k1" / "summary.json"))["num_samples"] == 1
+
+
+def test_baselines_refuse_several_samples():
+    config = demo_config(2)
+    config.sampling.method = "sense"
+    with pytest.raises(ValueError, match="num_samples=2 needs a diffusion sampler"):
+        build_reconstructor(config, ROOT)
