@@ -16,12 +16,19 @@ DEMO_DATA = "data/brain_demo"
 def get_config(sde: str):
     config = phantom_config(sde)
     training, sampling, data, optim = config.training, config.sampling, config.data, config.optim
-    training.n_iters = 1000
+    training.n_iters = 600
     training.snapshot_freq_for_preemption = 100
     training.init_checkpoint = f"demo/{'hfssde' if sde == 'hfssde' else 'vpsde'}_phantom_demo.pth"
 
     sampling.datashift = "brain"
     sampling.acc = 8
+    # Chosen on the validation slices (`main.py --mode tune`, demo/README.md): the image kept on the coil-map
+    # support (the ESPIRiT maps are zero outside the head), a final CG data-consistency step for the PC sampler,
+    # and ℓ1-wavelet's λ for the baseline row.
+    sampling.support_mask = True
+    sampling.final_dc = "cg"
+    sampling.eta = 0.85
+    sampling.l1_lambda = 1e-4
 
     data.root = f"{DEMO_DATA}/train"
     data.eval_root = f"{DEMO_DATA}/val"

@@ -33,6 +33,7 @@ from runners.run_folder import META_CHECKPOINT
 from runners.train import train
 from tests.conftest import np_fft2c
 from utils import checkpoints, figures, masks
+from runners.export import export
 from utils.checkpoints import config_record, save_checkpoint
 from utils.generate_mask import main as generate_main
 
@@ -423,7 +424,7 @@ def test_checkpoint_of_another_sde_is_named_in_one_warning(setup, tmp_path, capl
 
 def test_exported_checkpoint_keeps_the_record(tmp_path, caplog):
     path = _checkpoint(str(tmp_path / "vp.pth"), sde="vpsde")
-    checkpoints.export_for_sampling(path, tmp_path / "small.pth")
+    export(path, str(tmp_path / "small.pth"))
     config = get_config()
     checkpoints.load_model_weights(tmp_path / "small.pth", create_model(config), True, "cpu", config)
     assert "training.sde='vpsde' (config: 'hfssde')" in caplog.text

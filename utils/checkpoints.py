@@ -99,10 +99,10 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
             saved[key] = value.state_dict()
         else:
             saved[key] = value
-    _atomic_save(saved, path)
+    atomic_save(saved, path)
 
 
-def _atomic_save(obj: Any, path: str) -> None:
+def atomic_save(obj: Any, path: str) -> None:
     """`torch.save` into a temp file beside `path`, fsync, rename over `path`."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
@@ -121,24 +121,7 @@ def _atomic_save(obj: Any, path: str) -> None:
         raise
 
 
-def export_for_sampling(src: str | os.PathLike, dst: str | os.PathLike, half: bool = True) -> None:
-    """Write the sampling part of a training checkpoint: `{model, ema, step, config}` without the optimizer state,
-    floating tensors in float16 when `half` (loading casts them back to the network's dtype)."""
-    loaded = _read(src, "cpu")
-
-    def cast(v):
-        if isinstance(v, torch.Tensor) and v.is_floating_point() and half:
-            return v.half()
-        if isinstance(v, dict):
-            return {k: cast(x) for k, x in v.items()}
-        if isinstance(v, list):
-            return [cast(x) for x in v]
-        return v
-
-    _atomic_save({k: cast(v) for k, v in loaded.items() if k in ("model", "ema", "step", "config")}, os.fspath(dst))
-
-
-def _read(path: str | os.PathLike, device: str | torch.device) -> dict[str, Any]:
+def read_checkpoint(path: str | os.PathLike, device: str | torch.device) -> dict[str, Any]:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path} not found; check --workdir, sampling.folder / sampling.ckpt "
@@ -191,7 +174,7 @@ def load_checkpoint(path: str | os.PathLike, state: dict[str, Any], device: str 
     the file (`step`, `epoch`, ...) are copied into `state`.
     """
     path = os.fspath(path)
-    loaded = _read(path, device)
+    loaded = read_checkpoint(path, device)
     _load_weights(path, state["model"], loaded["model"])
     for key, value in loaded.items():
         if key == "model":
@@ -211,15 +194,16 @@ def load_model_weights(path: str | os.PathLike, model: nn.Module, use_ema: bool,
                        device: str | torch.device, config=None) -> int:
     """Load the weights of checkpoint `path` into `model` for sampling and return the checkpoint's step.
 
-    With `use_ema` the EMA averages replace the raw trainable parameters (buffers come from the raw weights).
+    With `use_ema` the EMA averages replace the raw trainable parameters (buffers come from the raw weights); a
+    file exported from the EMA (`weights: "ema"`, runners/export.py) holds them as its `model`.
     With `config`, a checkpoint trained under other shaping keys is warned about (`check_config_record`).
     """
     path = os.fspath(path)
-    loaded = _read(path, device)
+    loaded = read_checkpoint(path, device)
     if config is not None:
         check_config_record(path, loaded, config)
     _load_weights(path, model, loaded["model"])
-    if use_ema:
+    if use_ema and loaded.get("weights") != "ema":  # a file exported from the EMA (runners/export.py) already is it
         if "ema" not in loaded:
             raise CheckpointError(f"checkpoint {path} has no 'ema' entry; set sampling.use_ema=False to sample with "
                              "the raw weights")
@@ -236,20 +220,3 @@ def load_model_weights(path: str | os.PathLike, model: nn.Module, use_ema: bool,
             for (_, param), shadow in zip(named, shadows):
                 param.copy_(shadow)
     return int(loaded.get("step", 0))
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m utils.checkpoints SRC DST [--fp32]`: export a checkpoint for sampling (see `export_for_sampling`)."""
-    import argparse
-    parser = argparse.ArgumentParser(description="Export a training checkpoint for sampling: model + EMA + step, "
-                                     "no optimizer state, float16 unless --fp32.")
-    parser.add_argument("src")
-    parser.add_argument("dst")
-    parser.add_argument("--fp32", action="store_true", help="keep float32 tensors")
-    args = parser.parse_args(argv)
-    export_for_sampling(args.src, args.dst, half=not args.fp32)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
