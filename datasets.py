@@ -423,6 +423,16 @@ def _split_folders(config, mode: str) -> tuple[str, str]:
     return root, maps_root or default_maps_root(root)
 
 
+def make_dataset(config, mode: str) -> MultiCoilSliceDataset:
+    """The slices of `mode` (folders, skipped slices and augmentation as `get_dataset` lists), without a loader."""
+    if mode not in MODES:
+        raise ValueError(f"unknown dataset mode {mode!r}; choose one of {list(MODES)}")
+    root, maps_root = _split_folders(config, mode)
+    skip = int(config.training.skip_slices) if mode != "test" else 0
+    return MultiCoilSliceDataset(root, maps_root, config, skip_slices=skip, skip_broken=config.data.skip_broken,
+                                 augment=mode == "train")
+
+
 def get_dataset(config, mode: str) -> DataLoader:
     """DataLoader of the training (`train`), validation (`eval`) or reconstruction (`test`) slices.
 
@@ -431,26 +441,29 @@ def get_dataset(config, mode: str) -> DataLoader:
     - `eval`: `data.eval_root` / `data.eval_maps_root`, slices skipped as for training, in file order,
       `training.batch_size` (the first batch is training's held-out batch).
     - `test`: `data.test_roots[sampling.datashift]` (`photom` is read as `phantom`) with maps in
-      `data.test_maps_roots[...]` (empty: `<root>_maps`), every slice in file order, `sampling.batch_size`.
+      `data.test_maps_roots[...]` (empty: `<root>_maps`), every slice in file order, `sampling.batch_size` (a
+      number: the reconstruction harness resolves `0`, automatic, and shards the slices with `ordered_loader`).
 
     Workers: `training.num_workers`; `pin_memory` when `config.device` is CUDA.
     """
-    if mode not in MODES:
-        raise ValueError(f"unknown dataset mode {mode!r}; choose one of {list(MODES)}")
-    root, maps_root = _split_folders(config, mode)
-    skip = int(config.training.skip_slices) if mode != "test" else 0
-    dataset = MultiCoilSliceDataset(root, maps_root, config, skip_slices=skip, skip_broken=config.data.skip_broken,
-                                    augment=mode == "train")
+    dataset = make_dataset(config, mode)
     batch_size = int(config.training.batch_size if mode != "test" else config.sampling.batch_size)
     if mode == "train":
         per_process = len(dataset) // _rank_and_world_size()[1]
+        skip = int(config.training.skip_slices)
         if per_process < batch_size:
             raise DataError(f"training.batch_size={batch_size} is larger than the {per_process} training slices "
-                            f"per process in {root} ({len(dataset)} after skipping {skip} slices per volume); lower "
-                            f"training.batch_size (e.g. --config.training.batch_size={max(per_process, 1)}), lower "
-                            f"training.skip_slices, or add data")
+                            f"per process in {dataset.kspace_root} ({len(dataset)} after skipping {skip} slices per "
+                            f"volume); lower training.batch_size (e.g. --config.training.batch_size="
+                            f"{max(per_process, 1)}), lower training.skip_slices, or add data")
         return train_loader(dataset, config, epoch=0)
-    return DataLoader(dataset, batch_size=batch_size, num_workers=int(config.training.num_workers),
+    return ordered_loader(dataset, config, batch_size)
+
+
+def ordered_loader(dataset: MultiCoilSliceDataset, config, batch_size: int, indices=None) -> DataLoader:
+    """Batches of `batch_size` slices of `dataset` taken in the order of `indices` (default: every slice in file
+    order), collated by `collate_multicoil`; `training.num_workers` workers, `pin_memory` on CUDA."""
+    return DataLoader(dataset, batch_size=batch_size, sampler=indices, num_workers=int(config.training.num_workers),
                       collate_fn=collate_multicoil, pin_memory=str(config.device).startswith("cuda"))
 
 
