@@ -41,6 +41,8 @@ def out_of_memory_hint(err: BaseException, mode: str, config) -> str | None:
     now = {"train": config.training.batch_size, "sample": config.sampling.batch_size}.get(mode)
     if now is None:
         fix = f"fewer {key}"
+    elif now == 0:
+        fix = f"a fixed {key} below the automatic choice logged (e.g. --config.{key}=1)"
     elif now > 1:
         fix = f"a smaller {key} (now {now}, e.g. --config.{key}={now // 2})"
     else:

@@ -65,7 +65,7 @@ def get_default_configs() -> ml_collections.ConfigDict:
     sampling.num_samples = 1  # posterior samples per slice: the mean is scored, their std is the uncertainty map
     sampling.save_samples = False  # also store every sample in the .mat files
     sampling.tuned = ""  # best.json of `main.py --mode tune`: its sampler settings replace these
-    sampling.batch_size = 1
+    sampling.batch_size = 1  # slices per sampler run; 0: automatic (CUDA: the most that fit the free memory; CPU: 4)
     sampling.mask_type = "uniform"  # uniform | cartesian | random_uniform | center | low_frequency
     sampling.acc = 10
     sampling.acs = 24

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import math
 import os
 import random
@@ -25,8 +26,9 @@ class Dist:
         return self.rank == 0
 
 
-def init_distributed(config) -> Dist:
-    """Resolve `config.device`; under `torchrun` (WORLD_SIZE > 1) join the process group (NCCL/gloo)."""
+def init_distributed(config, timeout: datetime.timedelta | None = None) -> Dist:
+    """Resolve `config.device`; under `torchrun` (WORLD_SIZE > 1) join the process group (NCCL on CUDA, with this
+    process on `cuda:<LOCAL_RANK>`; gloo on the CPU) whose collectives wait up to `timeout` (None: torch's default)."""
     device = torch.device(config.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"config.device={config.device!r} but no CUDA device is visible; "
@@ -37,7 +39,7 @@ def init_distributed(config) -> Dist:
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
         torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout)
     return Dist(dist.get_rank(), world_size, device)
 
 

@@ -7,10 +7,15 @@ a killed process leaves the previous version or the new one, never a part. A sli
 `metrics.csv` row has every column and its `.mat` file reads back (`SliceRecords.is_done`); the row is written
 last, so a slice killed half-way is reconstructed again. Rows are kept one per `(file, slice)`, and the volumes
 and summaries are built from them.
+
+Under `torchrun` rank 0 owns the folder (its lock and `metrics.csv`); rank r > 0 writes its own slices' files and
+its rows to `metrics.rank<r>.csv`, which rank 0 takes into `metrics.csv` and deletes (`SliceRecords.absorb_ranks`)
+when all ranks have finished, and at the start of any later run into the folder (rows of a killed job are kept).
 """
 from __future__ import annotations
 
 import csv
+import glob
 import json
 import logging
 import os
@@ -28,6 +33,7 @@ FIELDS = ["fname", "slice", "nmse", "psnr", "ssim", "nmse_published", "psnr_publ
 # Columns of slices reconstructed with several posterior samples (utils/metrics.calibration); empty otherwise.
 POSTERIOR_FIELDS = ("std_rank_corr", "coverage_2std")
 _INTEGERS = ("slice", "flagged", "nfe")
+RANK_ROWS = "metrics.rank{}.csv"  # rows of rank r > 0 of a multi-process reconstruction
 _MAT_KEYS = ("recon", "zero_filled", "ground_truth")
 
 
@@ -82,10 +88,11 @@ def read_rows(path: str) -> list[dict]:
 
 
 class SliceRecords:
-    """The finished slices of a reconstruction folder: the rows of `metrics.csv`, one per `(file, slice)`."""
+    """The finished slices of a reconstruction folder: the rows of `metrics.csv` (or of another row file `name`, a
+    rank's `metrics.rank<r>.csv`), one per `(file, slice)`."""
 
-    def __init__(self, out: str):
-        self.out, self.path = out, os.path.join(out, "metrics.csv")
+    def __init__(self, out: str, name: str = "metrics.csv"):
+        self.out, self.path = out, os.path.join(out, name)
         self._rows = {(r["fname"], r["slice"]): r for r in read_rows(self.path)}
         self._checked: set[tuple[str, int]] = set()
 
@@ -110,6 +117,21 @@ class SliceRecords:
         self._rows[key] = row
         self._checked.add(key)
         self._write()
+
+    def absorb_ranks(self) -> None:
+        """Take the rows of the rank files (`metrics.rank<r>.csv`) in, replacing older rows of the same slices (each
+        `.mat` file is checked again), rewrite `metrics.csv`, then delete the rank files; a kill in between leaves
+        rows that are taken in again next time."""
+        paths = sorted(glob.glob(os.path.join(self.out, RANK_ROWS.format("*"))))
+        for path in paths:
+            for row in read_rows(path):
+                key = (row["fname"], row["slice"])
+                self._rows[key] = row
+                self._checked.discard(key)
+        if paths:
+            self._write()
+            for path in paths:
+                os.unlink(path)
 
     def finished(self) -> list[dict]:
         """Every finished slice's row in `(file, slice)` order, each `.mat` file checked; `metrics.csv` is rewritten

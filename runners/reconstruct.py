@@ -22,9 +22,22 @@ it waits briefly and then stops with a line naming the process that holds it. A 
 the finished slices (complete row and readable `.mat`, runners/outputs.py) and rebuilds the volumes and the summary
 from one row per slice; a folder holding another setting's results (other than batch size, slice limit or speed
 options) is refused rather than mixed.
+
+Slices: the first `sampling.max_slices` of the test set in file order (all when 0), less the finished ones, in
+batches of `sampling.batch_size` (0: automatic, `resolve_batch_size`). Every slice draws its noise from its own seed
+(`slice_seed`), so its reconstruction depends neither on the batch nor on the process that makes it.
+
+Several processes: `torchrun --nproc_per_node=K main.py --mode sample ...` splits the slices left to do over the K
+ranks (slice j of that list goes to rank j mod K, before batching) and fills the one folder of a single run. Rank 0
+holds the folder's lock for the whole job and writes `metrics.csv`, the volumes and the summaries; rank r > 0 writes
+only its own slices' `.mat`/`.png` files and its rows to `metrics.rank<r>.csv` (runners/outputs.py), which rank 0
+takes in after every rank has finished (a barrier; ranks that finish early wait up to `RANK_WAIT`). A rank that
+fails makes torchrun stop the others; a rerun, with any number of processes, keeps every slice finished so far.
 """
 from __future__ import annotations
 
+import contextlib
+import datetime
 import json
 import logging
 import os
@@ -33,6 +46,7 @@ import zlib
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from scipy.ndimage import binary_fill_holes
 
 import datasets
@@ -41,6 +55,7 @@ import sde_lib
 from baselines import BASELINES
 from models import create_model, get_score_fn
 from runners import folders, outputs
+from runners.distributed import Dist, from_rank0, init_distributed
 from utils import metrics
 from utils.checkpoints import load_model_weights
 from utils.common import cuda_speed_options
@@ -48,6 +63,9 @@ from utils.masks import get_mask, mask_name
 from utils.mri import r2c, sense_adjoint, sense_forward
 
 FLAG_FACTOR, FLAG_MARGIN = 2.0, 0.05
+CPU_BATCH_SIZE = 4  # sampling.batch_size=0 on the CPU: batching gains little there (bench/README.md: 1.05× at 4)
+MEMORY_FRACTION = 0.8  # sampling.batch_size=0 on CUDA: the share of the free memory the batch may fill
+RANK_WAIT = datetime.timedelta(hours=24)  # how long a rank that has finished waits for the others
 SDE_LABELS = {"hfssde": "HFS-SDE", "vpsde": "VP-SDE", "vesde": "VE-SDE", "subvpsde": "subVP-SDE"}
 METHOD_LABELS = {"pc": "PC", "ode": "ODE", "ddim": "DDIM", "zero_filled": "zero-filled", "sense": "CG-SENSE",
                  "l1wavelet": "ℓ1-wavelet"}
@@ -129,7 +147,8 @@ def output_folder(config, workdir: str) -> str:
 def build_reconstructor(config, workdir: str):
     """`(fn(y, csm, mask, seeds) -> (complex images [B, K, H, W], nfe), description)` for `sampling.method`: the
     `K = sampling.num_samples` posterior samples of each slice (one image for a baseline), all slices and samples in
-    one sampler batch, each sample with its own noise stream (`sampling.posterior_seeds`)."""
+    one sampler batch, each sample with its own noise stream (`sampling.posterior_seeds`). `fn`'s keyword
+    `run_config` gives the method another config (the batch-size probe runs one step)."""
     method = config.sampling.method
     check_method(method)
     num_samples = int(config.sampling.num_samples)
@@ -140,7 +159,7 @@ def build_reconstructor(config, workdir: str):
             raise ValueError(f"sampling.num_samples={num_samples} needs a diffusion sampler; the baseline "
                              f"{method!r} gives one image (set sampling.num_samples=1)")
         baseline = BASELINES.get(method)
-        return (lambda y, csm, mask, seeds: (baseline(y, csm, mask, config), 0)), method
+        return (lambda y, csm, mask, seeds, run_config=config: (baseline(y, csm, mask, run_config), 0)), method
     sampling.PREDICTORS.get(config.sampling.predictor)
     sampling.CORRECTORS.get(config.sampling.corrector)
     sde = sde_lib.get_sde(config)
@@ -154,10 +173,11 @@ def build_reconstructor(config, workdir: str):
     sampler = sampling.SAMPLERS[method]
     _check_low_frequencies_measured(config, sde)
 
-    def reconstruct_batch(y, csm, mask, seeds):
+    def reconstruct_batch(y, csm, mask, seeds, run_config=config):
         noise = sampling.SampleNoise(sampling.posterior_seeds(seeds, num_samples), y.device)
-        x, nfe = sampler(config, sde, score_fn, y.repeat_interleave(num_samples, 0),
-                         csm.repeat_interleave(num_samples, 0), mask, noise, show_progress=config.sampling.show_progress)
+        x, nfe = sampler(run_config, sde, score_fn, y.repeat_interleave(num_samples, 0),
+                         csm.repeat_interleave(num_samples, 0), mask, noise,
+                         show_progress=run_config.sampling.show_progress)
         return r2c(x).reshape(y.shape[0], num_samples, *x.shape[-2:]), nfe
 
     return reconstruct_batch, f"{method} with {path} (step {step})"
@@ -219,26 +239,17 @@ def _check_sizes(mask: torch.Tensor, kspace: torch.Tensor, config) -> None:
 
 
 def reconstruct_loader(config, reconstruct_batch, loader, mask, records: outputs.SliceRecords) -> None:
-    """Reconstruct, score and write every slice of `loader` that `records` does not hold yet."""
-    seen, limit, out = 0, config.sampling.max_slices, records.out
+    """Reconstruct, score and write every slice of `loader`, adding its row to `records`."""
+    out = records.out
     phantom = _datashift(config) == "phantom"
     title = method_label(config)
     for batch in loader:
-        if 0 < limit <= seen:
-            break
         if batch is None:  # every slice of the batch was broken and skipped (data.skip_broken)
             continue
-        keys = list(zip(batch["fname"], batch["slice"].tolist()))
-        keep = [i for i, (f, s) in enumerate(keys)
-                if (limit <= 0 or seen + i < limit) and not records.is_done(f, s)]
-        seen += len(keys)
-        if not keep:
-            continue
-        kspace = batch["kspace"][keep].to(config.device)
-        maps = batch["maps"][keep].to(config.device)
+        kspace = batch["kspace"].to(config.device)
+        maps = batch["maps"].to(config.device)
         _check_sizes(mask, kspace, config)
-        names = [batch["fname"][i] for i in keep]
-        indices = [int(batch["slice"][i]) for i in keep]
+        names, indices = batch["fname"], batch["slice"].tolist()
         y = mask * kspace
         start = time.perf_counter()
         samples, nfe = reconstruct_batch(y, maps, mask, [slice_seed(config.sampling.seed, f, s)
@@ -247,7 +258,7 @@ def reconstruct_loader(config, reconstruct_batch, loader, mask, records: outputs
         std = samples.abs().std(dim=1) if samples.shape[1] > 1 else None
         if recon.is_cuda:
             torch.cuda.synchronize()
-        seconds = (time.perf_counter() - start) / len(keep)
+        seconds = (time.perf_counter() - start) / len(names)
         truth = sense_adjoint(kspace, maps, 1.0)
         zero_filled = sense_adjoint(y, maps, mask)
         residuals = data_residual(recon, y, maps, mask).tolist()
@@ -298,28 +309,128 @@ def summarize(config, rows: list[dict], volumes: list[dict], description: str) -
     return summary
 
 
-def reconstruct(config, workdir: str) -> dict:
-    """Reconstruct the `sampling.datashift` test set; returns the summary (also written as summary.json)."""
-    apply_tuned(config)
+def fit_batch_size(peak_1: int, peak_2: int, free: int, n_slices: int, fraction: float = MEMORY_FRACTION) -> int:
+    """The largest batch whose memory fits `fraction` of `free` bytes, extrapolated linearly from the peak memory
+    (bytes) of batches of 1 and 2 slices: `fixed + b·per_slice ≤ fraction·free` with `per_slice = peak_2 − peak_1`
+    and `fixed = peak_1 − per_slice` (at least 0); at least 1 and at most `n_slices` (all of them when memory does
+    not grow with the batch)."""
+    cap = max(int(n_slices), 1)
+    per_slice = peak_2 - peak_1
+    if per_slice <= 0:
+        return cap
+    fixed = max(peak_1 - per_slice, 0)
+    return int(min(max((fraction * free - fixed) // per_slice, 1), cap))
+
+
+def _one_step(config):
+    """A copy of `config` whose sampler runs one step, without a progress bar."""
+    probe = config.copy_and_resolve_references()
+    probe.sampling.accelerated_sampling, probe.sampling.N, probe.sampling.show_progress = True, 1, False
+    return probe
+
+
+def _peak_memory(config, reconstruct_batch, mask: torch.Tensor, batch: int, coils: int) -> int:
+    """Peak CUDA memory in bytes, above what is allocated before, of one sampler step on `batch` random slices of
+    `coils` coils (inputs included)."""
+    device = mask.device
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    shape = (batch, coils) + tuple(mask.shape[-2:])
+    maps = torch.randn(shape, dtype=torch.complex64, device=device)
+    y = mask * torch.randn(shape, dtype=torch.complex64, device=device)
+    reconstruct_batch(y, maps, mask, list(range(batch)), run_config=_one_step(config))
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - before
+
+
+def resolve_batch_size(config, reconstruct_batch, mask: torch.Tensor, coils: int, n_slices: int) -> int:
+    """`sampling.batch_size`, or for 0 (automatic) the batch for `n_slices` slices of up to `coils` coils: on CUDA
+    the largest that fits `MEMORY_FRACTION` of the free memory (`fit_batch_size` on one sampler step measured at
+    batches 1 and 2), on the CPU `CPU_BATCH_SIZE`; never more than `n_slices`."""
+    size = int(config.sampling.batch_size)
+    if size < 0:
+        raise ValueError(f"sampling.batch_size={size}: give the slices per sampler run (at least 1), or 0 to choose "
+                         f"it from the free memory")
+    if size > 0:
+        return size
+    if mask.device.type != "cuda":
+        size = min(CPU_BATCH_SIZE, max(n_slices, 1))
+    elif n_slices <= 1:
+        size = 1
+    else:
+        peaks = [_peak_memory(config, reconstruct_batch, mask, b, coils) for b in (1, 2)]
+        torch.cuda.empty_cache()
+        size = fit_batch_size(*peaks, torch.cuda.mem_get_info(mask.device)[0], n_slices)
+        logging.info("one sampler step takes %.0f MiB at batch 1 and %.0f MiB at batch 2", peaks[0] / 2**20,
+                     peaks[1] / 2**20)
+    logging.info("sampling.batch_size=0 (automatic): %d slice(s) per batch", size)
+    return size
+
+
+def _finish(config, records: outputs.SliceRecords, description: str) -> dict:
+    """Rank 0, every rank done: take in the ranks' rows, write the volumes and summary.json; returns the summary."""
+    records.absorb_ranks()
+    rows = records.finished()
+    if not rows:
+        raise ValueError(f"no slices were reconstructed into {records.out}; check sampling.max_slices and the test set")
+    summary = summarize(config, rows, outputs.write_volumes(records.out, rows), description)
+    outputs.write_json(os.path.join(records.out, "summary.json"), summary)
+    return summary
+
+
+def _reconstruct(config, workdir: str, ctx: Dist) -> dict:
+    """`reconstruct` on one rank of `ctx` (the module docstring says who writes what)."""
     reconstruct_batch, description = build_reconstructor(config, workdir)
     mask = get_mask(config, "sample")
-    loader = datasets.get_dataset(config, "test")
+    dataset = datasets.make_dataset(config, "test")
+    keys = [(dataset.volumes[v].name, s) for v, s in dataset.slices]
+    limit = int(config.sampling.max_slices)
+    wanted = range(min(limit, len(keys)) if limit > 0 else len(keys))
     out = output_folder(config, workdir)
     key = "sampling.output_dir" if config.sampling.output_dir else "--workdir"
-    with folders.lock_folder(out, key, "reconstruction folder"):
-        folders.remove_stale_temporaries(out)
-        outputs.claim_output_folder(config, out)
-        records = outputs.SliceRecords(out)
-        logging.info("reconstructing %s with %s into %s", config.sampling.datashift, description, out)
+    records = None
+    with contextlib.ExitStack() as stack:
+        def open_folder() -> list[int]:  # rank 0 owns the folder for the whole job
+            nonlocal records
+            stack.enter_context(folders.lock_folder(out, key, "reconstruction folder"))
+            folders.remove_stale_temporaries(out)
+            outputs.claim_output_folder(config, out)
+            records = outputs.SliceRecords(out)
+            records.absorb_ranks()
+            return [i for i in wanted if not records.is_done(*keys[i])]
+
+        todo = from_rank0(ctx, open_folder)
+        if not ctx.is_main:
+            records = outputs.SliceRecords(out, outputs.RANK_ROWS.format(ctx.rank))
+        mine = todo[ctx.rank::ctx.world_size]
+        coils = max(volume.kspace_shape[1] for volume in dataset.volumes)
+        batch_size = resolve_batch_size(config, reconstruct_batch, mask, coils, len(mine))
+        logging.info("reconstructing %s with %s into %s: %d of %d slice(s) to do%s", config.sampling.datashift,
+                     description, out, len(todo), len(wanted),
+                     f", {len(mine)} on rank {ctx.rank} of {ctx.world_size}" if ctx.world_size > 1 else "")
         with torch.no_grad():
-            reconstruct_loader(config, reconstruct_batch, loader, mask, records)
-        rows = records.finished()
-        if not rows:
-            raise ValueError(f"no slices were reconstructed into {out}; check sampling.max_slices and the test set")
-        summary = summarize(config, rows, outputs.write_volumes(out, rows), description)
-        outputs.write_json(os.path.join(out, "summary.json"), summary)
-    logging.info("%s: %d slices, NMSE %.4f, PSNR %.2f dB, SSIM %.4f (zero-filled PSNR %.2f dB), data residual %.4f "
-                 "(zero-filled %.4f), %d flagged, %.2f s/slice -> %s", summary["method"], summary["n_slices"],
-                 summary["nmse"], summary["psnr"], summary["ssim"], summary["zf_psnr"], summary["residual"],
-                 summary["zf_residual"], summary["n_flagged"], summary["seconds_per_slice"], out)
+            reconstruct_loader(config, reconstruct_batch, datasets.ordered_loader(dataset, config, batch_size, mine),
+                               mask, records)
+        if ctx.world_size > 1:
+            dist.barrier()
+        return from_rank0(ctx, lambda: _finish(config, records, description))
+
+
+def reconstruct(config, workdir: str) -> dict:
+    """Reconstruct the `sampling.datashift` test set (this process's share under torchrun); returns the summary
+    (also written as summary.json)."""
+    apply_tuned(config)
+    ctx = init_distributed(config, timeout=RANK_WAIT)
+    try:
+        summary = _reconstruct(config, workdir, ctx)
+    finally:
+        if ctx.world_size > 1:
+            dist.destroy_process_group()
+    if ctx.is_main:
+        logging.info("%s: %d slices, NMSE %.4f, PSNR %.2f dB, SSIM %.4f (zero-filled PSNR %.2f dB), data residual "
+                     "%.4f (zero-filled %.4f), %d flagged, %.2f s/slice -> %s", summary["method"], summary["n_slices"],
+                     summary["nmse"], summary["psnr"], summary["ssim"], summary["zf_psnr"], summary["residual"],
+                     summary["zf_residual"], summary["n_flagged"], summary["seconds_per_slice"],
+                     output_folder(config, workdir))
     return summary
