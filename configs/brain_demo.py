@@ -27,7 +27,7 @@ def get_config(sde: str):
     # and ℓ1-wavelet's λ for the baseline row.
     sampling.support_mask = True
     sampling.final_dc = "cg"
-    sampling.eta = 0.85
+    sampling.eta, sampling.dc_lambda, sampling.dc_iters = 1.0, 1e-3, 20
     sampling.l1_lambda = 1e-4
 
     data.root = f"{DEMO_DATA}/train"

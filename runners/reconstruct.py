@@ -123,8 +123,12 @@ def setting_name(config) -> str:
     if is_diffusion(s.method):
         steps, snr = sampling.sampling_schedule(config)
         ckpt = os.path.splitext(os.path.basename(s.checkpoint))[0] if s.checkpoint else f"ckpt{s.ckpt}"
-        parts += [config.training.sde, ckpt, s.predictor, s.corrector, f"N{steps}", f"snr{snr:g}", f"mse{s.mse:g}",
-                  f"cmse{s.corrector_mse:g}", "ema" if s.use_ema else "raw", f"seed{s.seed}"]
+        parts += [config.training.sde, ckpt, f"N{steps}"]
+        if s.method == "ddim":
+            parts += [f"eta{s.eta:g}", f"dc{s.dc_lambda:g}x{s.dc_iters}"]
+        else:
+            parts += [s.predictor, s.corrector, f"snr{snr:g}", f"mse{s.mse:g}", f"cmse{s.corrector_mse:g}"]
+        parts += ["ema" if s.use_ema else "raw", f"seed{s.seed}"]
         parts += [flag for flag, on in (("projscore", s.project_score), ("support", s.support_mask),
                                         ("denoise", s.denoise)) if on]
         if s.num_samples > 1:
