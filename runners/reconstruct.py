@@ -149,7 +149,8 @@ def output_folder(config, workdir: str) -> str:
 
 
 def build_reconstructor(config, workdir: str):
-    """`(fn(y, csm, mask, seeds) -> (complex images [B, K, H, W], nfe), description)` for `sampling.method`: the
+    """`(fn(y, csm, mask, seeds) -> (complex images [B, K, H, W], network evaluations per slice), description)` for
+    `sampling.method`: the
     `K = sampling.num_samples` posterior samples of each slice (one image for a baseline), all slices and samples in
     one sampler batch, each sample with its own noise stream (`sampling.posterior_seeds`). `fn`'s keyword
     `run_config` gives the method another config (the batch-size probe runs one step)."""
@@ -158,10 +159,7 @@ def build_reconstructor(config, workdir: str):
     num_samples = int(config.sampling.num_samples)
     if num_samples < 1:
         raise ValueError(f"sampling.num_samples must be at least 1, got {num_samples}")
-    if not is_diffusion(method):
-        if num_samples > 1:
-            raise ValueError(f"sampling.num_samples={num_samples} needs a diffusion sampler; the baseline "
-                             f"{method!r} gives one image (set sampling.num_samples=1)")
+    if not is_diffusion(method):  # a baseline gives one image whatever sampling.num_samples says
         baseline = BASELINES.get(method)
         return (lambda y, csm, mask, seeds, run_config=config: (baseline(y, csm, mask, run_config), 0)), method
     sampling.PREDICTORS.get(config.sampling.predictor)
@@ -182,7 +180,7 @@ def build_reconstructor(config, workdir: str):
         x, nfe = sampler(run_config, sde, score_fn, y.repeat_interleave(num_samples, 0),
                          csm.repeat_interleave(num_samples, 0), mask, noise,
                          show_progress=run_config.sampling.show_progress)
-        return r2c(x).reshape(y.shape[0], num_samples, *x.shape[-2:]), nfe
+        return r2c(x).reshape(y.shape[0], num_samples, *x.shape[-2:]), nfe * num_samples  # evaluations per slice
 
     return reconstruct_batch, f"{method} with {path} (step {step})"
 

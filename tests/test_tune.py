@@ -34,7 +34,7 @@ def tune_config():
     config = phantom_config()
     config.data.eval_root = os.path.join(ROOT, "data/phantom_demo/test")
     config.sampling.checkpoint = os.path.join(ROOT, config.sampling.checkpoint)
-    config.sampling.N = 3
+    config.sampling.method, config.sampling.N, config.sampling.num_samples = "pc", 3, 1
     config.sampling.mse = config.sampling.corrector_mse = 1.0
     config.sampling.snr_accelerated = 0.16
     config.device = "cpu"
