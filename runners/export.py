@@ -13,7 +13,6 @@ import argparse
 import os
 import sys
 
-import torch
 
 from configs.default_fastMRI_configs import get_default_configs
 from models import create_model

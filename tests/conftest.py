@@ -100,3 +100,29 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip_slow)
+
+
+@pytest.fixture
+def one_thread(monkeypatch):
+    """One intra-op thread here and in subprocesses: on a small shared CPU, OpenMP threads competing with other
+    processes make each step up to ten times slower (torchrun also gives each process one thread)."""
+    import torch  # noqa: PLC0415 - only these tests need it at fixture time
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def phantom(tmp_path_factory) -> str:
+    """12 training and 2 validation phantom slices of 32×32 with 2–3 coils, written by the project's generator."""
+    import subprocess  # noqa: PLC0415
+
+    out = str(tmp_path_factory.mktemp("phantom"))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    subprocess.run([sys.executable, "data_prepare/generate_smaps_phantom.py", "--out", out, "--train", "12",
+                    "--val", "2", "--size", "32", "--coils", "2", "3", "--precision", "0"],
+                   cwd=root, check=True, capture_output=True)
+    return out

@@ -40,14 +40,7 @@ from utils.generate_mask import main as generate_main
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch):
-    """One intra-op thread here and in subprocesses (a small shared CPU)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _checkpoint(path: str, sde: str = "hfssde") -> str:
@@ -203,15 +196,6 @@ def test_duplicate_rows_of_an_old_folder_count_once(setup):
 
 
 # ---- 3, 4. training: SIGKILL then an immediate rerun, three times ------------------------------------------------
-@pytest.fixture(scope="module")
-def phantom(tmp_path_factory) -> str:
-    out = str(tmp_path_factory.mktemp("phantom"))
-    subprocess.run([sys.executable, "data_prepare/generate_smaps_phantom.py", "--out", out, "--train", "12",
-                    "--val", "2", "--size", "32", "--coils", "2", "3", "--precision", "0"],
-                   cwd=ROOT, check=True, capture_output=True)
-    return out
-
-
 def train_command(workdir: str, phantom: str, *args: str) -> list[str]:
     return [sys.executable, "main.py", "--mode", "train", "--config", "configs/tiny.py", "--workdir", workdir,
             f"--config.data.root={phantom}/train", f"--config.data.eval_root={phantom}/val", *args]

@@ -29,14 +29,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GIB = 2**30
 
 
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch):
-    """One intra-op thread here, as torchrun gives each of its processes (same arithmetic, a small shared CPU)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -22,25 +22,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCALARS = {"train/loss", "train/lr", "train/grad_norm", "train/images_per_s", "eval/loss"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch):
-    """One intra-op thread here and in subprocesses: on a small shared CPU, OpenMP threads competing with other
-    processes make each step up to ten times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def phantom(tmp_path_factory) -> str:
-    """12 training and 2 validation phantom slices of 32×32 with 2–3 coils, written by the project's generator."""
-    out = str(tmp_path_factory.mktemp("phantom"))
-    subprocess.run([sys.executable, "data_prepare/generate_smaps_phantom.py", "--out", out, "--train", "12",
-                    "--val", "2", "--size", "32", "--coils", "2", "3", "--precision", "0"],
-                   cwd=ROOT, check=True, capture_output=True)
-    return out
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def data_args(phantom: str) -> list[str]:
