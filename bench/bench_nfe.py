@@ -38,7 +38,7 @@ def measure(name: str, accelerations, out: str, slices: int) -> list[dict]:
                 config.sampling.show_progress = False
                 config.sampling.output_dir = os.path.join(out, name, f"acc{acc}", f"{method}_N{steps}")
                 summary = reconstruct(config, out)
-                rows.append({"set": name, "acc": acc, "method": method, "steps": steps, **summary})
+                rows.append({**summary, "set": name, "acc": acc, "method": method, "steps": steps})
     return rows
 
 
