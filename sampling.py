@@ -154,6 +154,12 @@ def support(csm: torch.Tensor) -> torch.Tensor:
     return (csm.abs().square().sum(dim=1, keepdim=True) > 0).to(csm.real.dtype)
 
 
+def check_final_dc(mode: str) -> None:
+    """Raise a ValueError naming `sampling.final_dc` unless it is one of `FINAL_DC`."""
+    if mode not in FINAL_DC:
+        raise ValueError(f"unknown sampling.final_dc {mode!r}; choose one of {list(FINAL_DC)}")
+
+
 def final_data_consistency(x, aty, csm, mask, mode: str, lamda: float, iters: int) -> torch.Tensor:
     """Make a reconstruction `x` (real `[B, 2, H, W]`) agree with the measured k-space.
 
@@ -166,8 +172,7 @@ def final_data_consistency(x, aty, csm, mask, mode: str, lamda: float, iters: in
       projection onto the data as λ → 0, a compromise with the prior for noisy data;
     - `none`: `x` unchanged.
     """
-    if mode not in FINAL_DC:
-        raise ValueError(f"unknown sampling.final_dc {mode!r}; choose one of {list(FINAL_DC)}")
+    check_final_dc(mode)
     if mode == "none":
         return x
     image = r2c(x)

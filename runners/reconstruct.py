@@ -164,6 +164,7 @@ def build_reconstructor(config, workdir: str):
         return (lambda y, csm, mask, seeds, run_config=config: (baseline(y, csm, mask, run_config), 0)), method
     sampling.PREDICTORS.get(config.sampling.predictor)
     sampling.CORRECTORS.get(config.sampling.corrector)
+    sampling.check_final_dc(config.sampling.final_dc)
     sde = sde_lib.get_sde(config)
     model = create_model(config)
     path = checkpoint_path(config, workdir)

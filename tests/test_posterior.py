@@ -105,3 +105,10 @@ def test_baselines_give_one_image_whatever_num_samples_says(slices):
     config.sampling.method = "sense"
     images, nfe = build_reconstructor(config, ROOT)[0](y, maps, mask, [1, 2])
     assert images.shape == (2, 1) + tuple(y.shape[-2:]) and nfe == 0
+
+
+def test_an_unknown_final_dc_is_named_before_any_sampling():
+    config = demo_config()
+    config.sampling.final_dc = "exact"
+    with pytest.raises(ValueError, match="unknown sampling.final_dc 'exact'"):
+        build_reconstructor(config, ROOT)
