@@ -2,7 +2,7 @@
 
 Both backends take one slice of centred k-space `[C, H, W]`, calibrate from the central `acs × acs` region, keep one
 set of maps, zero the maps where the ESPIRiT eigenvalue is below `crop`, and return complex64 `[C, H, W]` in one
-phase convention (coil 0 real and non-negative, see `data_prepare.coils.align_phase`), so that the two agree.
+phase convention (coil 0 real and non-negative, see `utils.coils.align_phase`), so that the two agree.
 
 On the CPU, sigpy's calibration makes millions of tiny BLAS calls and runs 2–3× slower (up to 20× next to torch's
 OpenMP threads on a small machine) with threaded OpenBLAS: start Python with `OPENBLAS_NUM_THREADS=1`, as the
@@ -19,7 +19,7 @@ import numpy as np
 import sigpy
 import sigpy.mri.app
 
-from data_prepare.coils import align_phase
+from utils.coils import align_phase
 
 BACKENDS = ("sigpy", "bart")
 

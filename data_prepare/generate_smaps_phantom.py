@@ -25,7 +25,7 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from data_prepare.coils import add_noise  # noqa: E402
+from utils.coils import add_noise  # noqa: E402
 from data_prepare.espirit import BACKENDS, espirit_maps  # noqa: E402
 from data_prepare.fastmri_io import write_kspace_file, write_maps_file  # noqa: E402
 from data_prepare.phantom import phantom_volume, volume_seed  # noqa: E402

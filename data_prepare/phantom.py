@@ -4,7 +4,7 @@ Each volume is a random 3-D arrangement of ellipsoids sliced axially: a bright o
 3–6 organs of varied contrast and 4–12 small structures inside the body (painted in that order, each clipped to
 the body), a smooth multiplicative texture, a slight blur (partial volume) and a smooth phase. Slices of one volume
 are cross-sections at different heights, so they differ while sharing anatomy. Coil sensitivities are sigpy
-birdcage maps (8–15 coils by default) in the convention of `data_prepare.coils`, so `Σ conj(S)·F⁻¹k` returns the
+birdcage maps (8–15 coils by default) in the convention of `utils.coils`, so `Σ conj(S)·F⁻¹k` returns the
 phantom image. Everything is drawn from one seed: the same seed gives identical arrays.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from data_prepare.coils import birdcage_sensitivities, coil_kspace
+from utils.coils import birdcage_sensitivities, coil_kspace
 from utils.augment import smooth_phase
 
 

@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 from skimage.transform import resize  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from data_prepare.coils import add_noise, birdcage_sensitivities, coil_kspace  # noqa: E402
+from utils.coils import add_noise, birdcage_sensitivities, coil_kspace  # noqa: E402
 from data_prepare.fastmri_io import write_kspace_file, write_maps_file  # noqa: E402
 from utils.augment import smooth_phase  # noqa: E402
 

@@ -93,7 +93,7 @@ def dataset_config(n):
 @pytest.fixture
 def brain_like_folder(tmp_path):
     from data_prepare.fastmri_io import write_kspace_file, write_maps_file
-    from data_prepare.coils import coil_kspace
+    from utils.coils import coil_kspace
     n = 32
     maps = birdcage(4, n)
     image = np.stack([disc(n), disc(n, 0.6)]).astype(np.complex64)

@@ -15,7 +15,7 @@ import datasets
 from configs.default_fastMRI_configs import get_default_configs
 from data_prepare import (generate_brain_demo, generate_smaps_fastMRI, generate_smaps_phantom, save_data_slice,
                           simulate_multicoil)
-from data_prepare.coils import add_noise, align_phase, birdcage_sensitivities
+from utils.coils import add_noise, align_phase, birdcage_sensitivities
 from data_prepare.espirit import acs_width, bart_binary, espirit_maps, read_cfl, write_cfl
 from data_prepare.fastmri_io import quantize
 from data_prepare.phantom import phantom_volume

@@ -6,7 +6,7 @@ import torch
 import sampling
 import sde_lib
 from configs.tiny import get_config
-from data_prepare.coils import birdcage_sensitivities
+from utils.coils import birdcage_sensitivities
 from utils import mri
 from utils.masks import make_mask
 
