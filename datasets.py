@@ -27,9 +27,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from utils.augment import AUGMENT_KEYS, augment_slice
+from utils.augment import AUGMENT_KEYS, augment_acquisition, augment_slice
 from utils.common import derived_seed
-from utils.mri import center_crop, fft2c, ifft2c, sense_adjoint, sense_forward
+from utils.mri import crop_kspace, ifft2c, sense_adjoint, sense_forward
 
 log = logging.getLogger(__name__)
 
@@ -58,21 +58,6 @@ _SKIP_HINT = "or set data.skip_broken=True to skip broken slices"
 # ----------------------------------------------------------------------------------------------------------------
 # Per-slice transforms.
 # ----------------------------------------------------------------------------------------------------------------
-
-def crop_kspace(kspace: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Centre-crop multi-coil k-space in the image domain: `F(crop(F⁻¹ k))`.
-
-    Args:
-        kspace: complex centred k-space `[..., H, W]`.
-        size: `(h, w)` with `h ≤ H`, `w ≤ W`.
-
-    Returns:
-        complex k-space `[..., h, w]` (the input itself when it already has that size).
-    """
-    if tuple(kspace.shape[-2:]) == tuple(size):
-        return kspace
-    return fft2c(center_crop(ifft2c(kspace), size))
-
 
 def _std(x: torch.Tensor) -> torch.Tensor:
     """Population std of a complex tensor over all elements: `sqrt(mean|x − mean x|²)` (numpy's `np.std`),
@@ -331,8 +316,8 @@ class MultiCoilSliceDataset(Dataset):
         image = sense_adjoint(kspace[None], maps[None], ones)[0, 0].numpy()
         rng = np.random.default_rng([self.seed, self.epoch, idx])
         image, maps_np = augment_slice(image, maps.numpy(), rng, self.augment, self.pixel_mm)
-        maps = torch.from_numpy(maps_np)
-        return sense_forward(torch.from_numpy(image)[None, None], maps[None], ones)[0], maps
+        kspace_np, maps_np = augment_acquisition(image, maps_np, rng, self.augment)
+        return torch.from_numpy(kspace_np), torch.from_numpy(maps_np)
 
     def _read(self, path: str, key: str, index: tuple) -> np.ndarray:
         """`f[key][index]` of an `.h5` file; a read failure becomes a `DataError` naming the file and slice."""

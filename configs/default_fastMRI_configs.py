@@ -110,6 +110,13 @@ def get_default_configs() -> ml_collections.ConfigDict:
     augment.phase = 0.0  # replace the phase by a smooth random phase of at most this many radians
     augment.scalp = 0.0  # probability of adding skull and scalp layers around the object
     augment.min_coils = 0  # keep a random run of min_coils..C coils (0: all)
+    augment.acquisition = 0.0  # probability of a freshly simulated coil array, noise and maps (keys below)
+    augment.max_coils = 0  # its coil count: max(min_coils, 2)..max_coils (0: the stored count)
+    augment.oversample = 0.0  # probability that its coils surround a 2x oversampled readout
+    augment.loops = 0.0  # probability of surface loops instead of a birdcage
+    augment.noise = 0.0  # its complex noise: up to this fraction of the brightest coil image
+    augment.noise_correlation = 0.0  # its coil noise correlation: up to this value
+    augment.estimated_maps = 0.0  # probability of maps estimated from the centre columns instead of the true ones
     augment.fov_mm = 240.0  # field of view assumed for the scalp layer thicknesses
     data.skip_broken = False  # skip unreadable files with a warning instead of stopping
     data.mask_root = "mask"  # folder of published-name masks (<name>.mat, key "mask")

@@ -40,9 +40,8 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # sigpy's ESPIRiT: see gener
 
 import numpy as np  # noqa: E402
 
-from data_prepare.espirit import espirit_maps  # noqa: E402
 from data_prepare.fastmri_io import write_kspace_file, write_maps_file  # noqa: E402
-from data_prepare.simulate_multicoil import fit_to_size, load_stack, simulate_volume  # noqa: E402
+from data_prepare.simulate_multicoil import Acquisition, fit_to_size, load_stack, simulate_volume  # noqa: E402
 from utils.augment import add_scalp  # noqa: E402
 
 TEMPLATE = "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
@@ -110,9 +109,9 @@ def write_volume(out: str, split_name: str, name: str, magnitude: np.ndarray, nu
                  estimate_maps: bool, provenance: dict) -> None:
     """Simulate one volume `[S, n, n]` and write its k-space and maps files."""
     rng = np.random.default_rng(seed)
-    kspace, maps = simulate_volume(magnitude, rng, num_coils, 1.5, 1.0, SNR_DB)
-    if estimate_maps:
-        maps = np.stack([espirit_maps(k, acs=ACS) for k in kspace])
+    acquisition = Acquisition(coils=num_coils, coil_radius=1.5, snr_db=SNR_DB,
+                              maps="espirit" if estimate_maps else "true", acs=ACS)
+    kspace, maps = simulate_volume(magnitude, rng, acquisition)
     folder = os.path.join(out, split_name)
     attrs = dict(provenance, seed=json.dumps(seed), snr_db=SNR_DB, maps="espirit" if estimate_maps else "true")
     write_kspace_file(os.path.join(folder, name + ".h5"), kspace, acquisition="SIMULATED_BRAIN", patient_id=name,

@@ -6,30 +6,41 @@
 Inputs: NIfTI volumes (`.nii`, `.nii.gz`, read with nibabel, reoriented to RAS and sliced along `--axis`, default
 2 (axial), each slice rotated so that anterior is up), PNG/TIFF images (a multi-page TIFF is a stack; colour is
 converted to grey) and `.npy` arrays (`[H, W]` or a stack sliced along `--axis`, default 0). Each input file gives one
-volume `<out>/<stem>.h5` (`kspace` `[slices, coils, n, n]`) with its sensitivities in `<out>_maps/<stem>.h5`.
+volume `<out>/<stem>.h5` (`kspace` `[slices, coils, H, W]`) with its sensitivities in `<out>_maps/<stem>.h5`.
 Per volume: magnitudes scaled to [0, 1] (by the volume maximum), NIfTI pixels resampled to square, each slice
 fitted into n × n (`--resize fit`: scaled to fit, then zero-padded; `crop`: centre crop / zero pad without
-resampling), multiplied by a random smooth phase, by birdcage coil sensitivities (`--coils`), Fourier transformed,
-and optionally given complex noise at `--snr-db`. Random choices follow `--seed` and the file's position.
+resampling), multiplied by a random smooth phase, zero-padded to the acquired matrix H × W (`--oversample`),
+multiplied by the coil sensitivities (`--coils`, `--layout`, `--coil-radius`, over the whole acquired field of
+view), Fourier transformed, and optionally given complex noise (`--snr-db` or `--noise-peak`, correlated between
+coils with `--noise-correlation`); the stored maps are the true ones or ESPIRiT estimates (`--maps`).
+`--acquisition fastmri` is a fastMRI-like brain scan (2× readout oversampling, 8 coils around the whole field of
+view, noise at 1 % of the brightest coil image, ESPIRiT maps from the whole matrix), `--acquisition project` the
+simulator of the bundled brain set. Random choices follow `--seed` and the file's position.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+from dataclasses import dataclass, replace
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
 from skimage.transform import resize  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from utils.coils import add_noise, birdcage_sensitivities, coil_kspace  # noqa: E402
+from data_prepare.espirit import BACKENDS, espirit_maps  # noqa: E402
 from data_prepare.fastmri_io import write_kspace_file, write_maps_file  # noqa: E402
 from utils.augment import smooth_phase  # noqa: E402
+from utils.coils import LAYOUTS, add_noise, coil_kspace, coil_maps  # noqa: E402
+from utils.mri import crop_kspace  # noqa: E402
 
 NIFTI = (".nii", ".nii.gz")
 IMAGES = (".png", ".tif", ".tiff")
+MAPS = ("true", "espirit", "espirit-crop")
+
 
 
 def _stem(path: str) -> str:
@@ -106,15 +117,92 @@ def fit_to_size(image: np.ndarray, spacing: tuple[float, float], size: int, mode
     return out
 
 
-def simulate_volume(magnitude: np.ndarray, rng: np.random.Generator, num_coils: int, coil_radius: float,
-                    max_phase: float, snr_db: float | None) -> tuple[np.ndarray, np.ndarray]:
-    """Magnitudes `[S, n, n]` in [0, 1] → (k-space `[S, C, n, n]`, maps `[S, C, n, n]`), complex64."""
-    phase = np.exp(1j * smooth_phase(magnitude.shape[1:], rng, max_phase))
-    maps = birdcage_sensitivities(num_coils, magnitude.shape[1:], coil_radius)
-    kspace = coil_kspace(magnitude * phase, maps)
-    if snr_db is not None:
-        kspace = add_noise(kspace, snr_db, rng)
-    return kspace, np.broadcast_to(maps, kspace.shape).copy()
+@dataclass(frozen=True)
+class Acquisition:
+    """How a magnitude image becomes multi-coil k-space (module docstring).
+
+    `oversample` = (readout, phase-encode) factors of the acquired matrix over the n × n image (fastMRI: readout
+    2×, phase encode ≈ 1.15×): the k-space holds the whole matrix, which the loader crops back to n × n in the image
+    domain; the coils surround the whole acquired field of view. The noise level is `snr_db` (mean power) or
+    `noise_peak` (a fraction of the brightest coil image), `noise_correlation` between neighbouring coils. `maps`:
+    `true` (the simulated sensitivities), `espirit` (estimated from the `acs` central columns of the whole acquired
+    matrix) or `espirit-crop` (of the n × n crop), by `maps_backend` (sigpy or bart).
+    """
+
+    coils: int = 12
+    layout: str = "birdcage"
+    coil_radius: float = 1.5
+    oversample: tuple[float, float] = (1.0, 1.0)
+    snr_db: float | None = None
+    noise_peak: float | None = None
+    noise_correlation: float = 0.0
+    max_phase: float = 1.0
+    maps: str = "true"
+    maps_backend: str = "sigpy"
+    acs: int = 24
+
+    def __post_init__(self):
+        if self.maps not in MAPS:
+            raise ValueError(f"unknown maps {self.maps!r}; choose one of {list(MAPS)}")
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"unknown coil layout {self.layout!r}; choose one of {list(LAYOUTS)}")
+        if self.coils < 1 or min(self.oversample) < 1:
+            raise ValueError(f"coils must be >= 1 and oversampling factors >= 1, got {self.coils}, {self.oversample}")
+        if self.snr_db is not None and self.noise_peak is not None:
+            raise ValueError("give the noise as snr_db or as noise_peak, not both")
+
+    def matrix(self, n: int) -> tuple[int, int]:
+        """The acquired matrix `(H, W)` of an n × n image (even sizes, at least n)."""
+        return tuple(max(n, 2 * int(round(n * f / 2))) for f in self.oversample)
+
+
+# Named acquisitions of the shift benchmark and the brain set: the project's simulator, and one like a fastMRI
+# brain scan (2× readout oversampling, coils around the whole field of view, noise at 1 % of the brightest coil
+# image, ESPIRiT maps from the whole matrix).
+ACQUISITIONS = {
+    "project": Acquisition(coils=8, coil_radius=1.5, snr_db=40.0, maps="espirit"),
+    "fastmri": Acquisition(coils=8, coil_radius=1.2, oversample=(2.0, 1.15), noise_peak=0.01, maps="espirit"),
+}
+
+
+def _pad_to(images: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Zero-pad `[S, n, n]` images to `[S, *shape]`, centred as `utils.mri.center_crop` crops."""
+    out = np.zeros(images.shape[:1] + tuple(shape), images.dtype)
+    top, left = (shape[0] - images.shape[1]) // 2, (shape[1] - images.shape[2]) // 2
+    out[:, top:top + images.shape[1], left:left + images.shape[2]] = images
+    return out
+
+
+def simulate_volume(magnitude: np.ndarray, rng: np.random.Generator,
+                    acquisition: Acquisition) -> tuple[np.ndarray, np.ndarray]:
+    """Magnitudes `[S, n, n]` in [0, 1] → (k-space `[S, C, H, W]`, maps `[S, C, H, W]` or `[S, C, n, n]` for
+    `espirit-crop`), complex64, `(H, W) = acquisition.matrix(n)`."""
+    n = magnitude.shape[-1]
+    shape = acquisition.matrix(n)
+    phase = np.exp(1j * smooth_phase(magnitude.shape[1:], rng, acquisition.max_phase))
+    image = _pad_to(magnitude * phase, shape)
+    maps = coil_maps(acquisition.layout, acquisition.coils, shape, acquisition.coil_radius)
+    kspace = coil_kspace(image, maps)
+    if acquisition.snr_db is not None or acquisition.noise_peak is not None:
+        kspace = add_noise(kspace, acquisition.snr_db, rng, peak_fraction=acquisition.noise_peak,
+                           correlation=acquisition.noise_correlation)
+    if acquisition.maps == "true":
+        return kspace, np.broadcast_to(maps, kspace.shape).copy()
+    source = kspace if acquisition.maps == "espirit" else crop_kspace(torch.from_numpy(kspace), (n, n)).numpy()
+    return kspace, np.stack([espirit_maps(k, acs=acquisition.acs, backend=acquisition.maps_backend) for k in source])
+
+
+def acquisition_from_args(args) -> Acquisition:
+    """The named `--acquisition` (default: 12 birdcage coils, noiseless, true maps) with the options given."""
+    base = ACQUISITIONS[args.acquisition] if args.acquisition else Acquisition()
+    given = {field: getattr(args, field) for field in ("coils", "layout", "coil_radius", "max_phase",
+                                                       "noise_correlation", "maps", "maps_backend", "acs")
+             if getattr(args, field) is not None}
+    if args.oversample is not None:
+        given["oversample"] = tuple(args.oversample)
+    if args.snr_db is not None or args.noise_peak is not None:
+        given.update(snr_db=args.snr_db, noise_peak=args.noise_peak)
+    return replace(base, **given)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,17 +213,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--axis", type=int, default=None, help="slice axis of 3-D inputs (NIfTI 2, .npy/TIFF 0)")
     parser.add_argument("--size", type=int, default=320, help="output matrix n×n (default 320)")
     parser.add_argument("--resize", choices=("fit", "crop"), default="fit", help="fit (default) or crop")
-    parser.add_argument("--coils", type=int, default=12, help="number of coils (default 12)")
-    parser.add_argument("--coil-radius", type=float, default=1.5, help="birdcage radius / half FOV (default 1.5)")
-    parser.add_argument("--max-phase", type=float, default=1.0, help="smooth phase amplitude, radians (default 1)")
-    parser.add_argument("--snr-db", type=float, default=None, help="add complex noise at this SNR (default none)")
+    parser.add_argument("--acquisition", choices=sorted(ACQUISITIONS), default=None,
+                        help="start from a named acquisition (project, fastmri); the options below override it")
+    parser.add_argument("--coils", type=int, default=None, help="number of coils (default 12)")
+    parser.add_argument("--layout", choices=LAYOUTS, default=None, help="coil layout (default birdcage)")
+    parser.add_argument("--coil-radius", type=float, default=None,
+                        help="coil ring radius / half the acquired FOV (default 1.5)")
+    parser.add_argument("--oversample", type=float, nargs=2, default=None, metavar=("READOUT", "PHASE"),
+                        help="acquired matrix / image size along readout and phase encode (default 1 1; fastMRI "
+                             "2 1.15); the loader crops back in the image domain")
+    parser.add_argument("--max-phase", type=float, default=None, help="smooth phase amplitude, radians (default 1)")
+    noise = parser.add_mutually_exclusive_group()
+    noise.add_argument("--snr-db", type=float, default=None, help="complex noise at this SNR of mean power")
+    noise.add_argument("--noise-peak", type=float, default=None,
+                       help="complex noise at this fraction of the brightest coil image (fastMRI-like: 0.01)")
+    parser.add_argument("--noise-correlation", type=float, default=None, help="coil noise correlation (default 0)")
+    parser.add_argument("--maps", choices=MAPS, default=None,
+                        help="stored maps: true (default), espirit (from the whole matrix) or espirit-crop")
+    parser.add_argument("--maps-backend", choices=BACKENDS, default=None, help="ESPIRiT backend (default sigpy)")
+    parser.add_argument("--acs", type=int, default=None, help="ESPIRiT calibration columns (default 24)")
     parser.add_argument("--precision", type=float, default=0.0,
                         help="round stored values to about this fraction of their rms and compress (default 0: "
                              "exact float32)")
     parser.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     args = parser.parse_args(argv)
-    if args.coils < 1 or args.size < 8:
-        parser.error("--coils must be >= 1 and --size >= 8")
+    if args.size < 8:
+        parser.error("--size must be >= 8")
+    try:
+        acquisition = acquisition_from_args(args)
+    except ValueError as err:
+        parser.error(str(err))
 
     maps_dir = os.path.normpath(args.out) + "_maps"
     for index, path in enumerate(tqdm(args.inputs, desc="simulate", unit="file")):
@@ -149,17 +256,16 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"{path}: the selected slices are all zero")
         magnitude = np.stack([fit_to_size(s / peak, spacing, args.size, args.resize) for s in stack])
         rng = np.random.default_rng([args.seed, index])
-        kspace, maps = simulate_volume(magnitude, rng, args.coils, args.coil_radius, args.max_phase, args.snr_db)
+        kspace, maps = simulate_volume(magnitude, rng, acquisition)
         stem = _stem(path)
-        provenance = {"source": os.path.abspath(path), "seed": args.seed,
-                      "snr_db": "none" if args.snr_db is None else args.snr_db}
+        provenance = {"source": os.path.abspath(path), "seed": args.seed, "acquisition": repr(acquisition)}
         compress = args.precision > 0
         write_kspace_file(os.path.join(args.out, stem + ".h5"), kspace, acquisition="SIMULATED",
                           patient_id=stem, recon_size=args.size, precision=args.precision, compress=compress,
                           attrs=provenance)
         write_maps_file(os.path.join(maps_dir, stem + ".h5"), maps, precision=args.precision, compress=compress,
                         attrs=provenance)
-        tqdm.write(f"{path}: {len(stack)} slices × {args.coils} coils -> {os.path.join(args.out, stem + '.h5')}")
+        tqdm.write(f"{path}: {len(stack)} slices × {acquisition.coils} coils -> {os.path.join(args.out, stem + '.h5')}")
     return 0
 
 

@@ -17,6 +17,21 @@ whatever worker draws it.
 | `phase` | replace the phase by a random smooth phase of amplitude ≤ `phase` radians |
 | `scalp` | probability of adding skull and scalp layers around the object (`add_scalp`) |
 | `min_coils` | keep a random run of `min_coils … C` neighbouring coils (maps renormalised); 0 keeps all |
+
+The acquisition itself is randomised by `augment_acquisition` (after the keys above), so that the network sees
+images as a scanner delivers them, not only as the training simulator made them:
+
+| key | effect |
+|---|---|
+| `acquisition` | probability of replacing the stored coils by a freshly simulated array (the keys below) |
+| `max_coils` | its coil count is uniform in `max(min_coils, 2) … max_coils` (0: the stored count) |
+| `oversample` | probability that the coils surround a 2× oversampled readout (phase-encode FOV ×U(1, 1.3)), as in fastMRI |
+| `loops` | probability of surface loops on an ellipse instead of a birdcage (`utils/coils.py`) |
+| `noise` | complex noise up to this fraction of the brightest coil image (log-uniform from `noise`/30; none with probability ¼) |
+| `noise_correlation` | coil noise correlation up to this value (`utils/coils.noise_covariance`) |
+| `estimated_maps` | probability that the slice is combined with maps estimated from its 24 central columns (`ratio_maps`) instead of the true ones |
+
+Without `acquisition` (or when its draw fails) the k-space is `F(S x)` with the stored maps, as before.
 """
 from __future__ import annotations
 
@@ -25,7 +40,11 @@ import math
 import numpy as np
 from scipy import ndimage
 
-AUGMENT_KEYS = ("flip", "rotate", "scale", "gamma", "bias", "phase", "scalp", "min_coils")
+from utils.coils import add_noise, coil_kspace, coil_maps, ratio_maps
+
+AUGMENT_KEYS = ("flip", "rotate", "scale", "gamma", "bias", "phase", "scalp", "min_coils", "acquisition", "max_coils",
+                "oversample", "loops", "noise", "noise_correlation", "estimated_maps")
+ESTIMATE_ACS = 24  # central columns of the map estimate of `estimated_maps`
 
 
 def smooth_field(shape: tuple[int, int], rng: np.random.Generator, sigma: float) -> np.ndarray:
@@ -130,3 +149,31 @@ def augment_slice(image: np.ndarray, maps: np.ndarray, rng: np.random.Generator,
     if settings.min_coils:
         maps = _coil_subset(maps, rng, int(settings.min_coils))
     return image.astype(np.complex64), maps.astype(np.complex64)
+
+
+def augment_acquisition(image: np.ndarray, maps: np.ndarray, rng: np.random.Generator,
+                        settings) -> tuple[np.ndarray, np.ndarray]:
+    """Coil k-space `[C', H, W]` and the maps `[C', H, W]` the slice is combined with, for an augmented image `x`
+    `[H, W]` (module docstring): with probability `settings.acquisition` a random coil array (count, layout, radius,
+    oversampled field of view), noise (level, coil correlation) and true or estimated maps; otherwise `F(S x)`
+    with the given maps. complex64."""
+    if not (settings.acquisition and rng.random() < settings.acquisition):
+        return coil_kspace(image[None], maps)[0], maps
+    h, w = image.shape
+    most = max(int(settings.max_coils) or maps.shape[0], 2)
+    num_coils = int(rng.integers(min(max(int(settings.min_coils), 2), most), most + 1))
+    fov = (h, w)
+    if settings.oversample and rng.random() < settings.oversample:
+        fov = (2 * h, int(round(w * rng.uniform(1.0, 1.3))))
+    loops = bool(settings.loops) and rng.random() < settings.loops
+    radius = rng.uniform(1.0, 1.3) if loops else rng.uniform(1.1, 1.8)
+    true_maps = coil_maps("loops" if loops else "birdcage", num_coils, (h, w), radius, fov)
+    kspace = coil_kspace(image[None], true_maps)
+    if settings.noise and rng.random() < 0.75:
+        level = settings.noise * math.exp(rng.uniform(-math.log(30.0), 0.0))
+        correlation = rng.uniform(0, settings.noise_correlation) if settings.noise_correlation else 0.0
+        kspace = add_noise(kspace, None, rng, peak_fraction=level, correlation=correlation)
+    kspace = kspace[0]
+    if settings.estimated_maps and rng.random() < settings.estimated_maps:
+        return kspace, ratio_maps(kspace, min(ESTIMATE_ACS, w))
+    return kspace, true_maps

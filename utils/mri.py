@@ -99,6 +99,14 @@ def center_crop(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return x[..., top:top + ch, left:left + cw]
 
 
+def crop_kspace(kspace: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Centre-crop k-space `[..., H, W]` in the image domain, `F(crop(F⁻¹ k))` (how fastMRI's oversampled readout
+    is brought to the reconstruction size); `size` must not exceed `(H, W)`."""
+    if tuple(kspace.shape[-2:]) == tuple(size):
+        return kspace
+    return fft2c(center_crop(ifft2c(kspace), size))
+
+
 def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Real part of the per-sample inner product `Re⟨a, b⟩ = Re Σ conj(a) b` over all but dim 0: `[B]`."""
     return torch.sum((a.conj() * b).real, dim=tuple(range(1, a.ndim)))
