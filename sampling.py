@@ -10,6 +10,22 @@ high-frequency space for HFS-SDE). Data consistency is a term composed into each
 
 with `s` the score used in that update. Names follow `sde_lib`: `f` and `g` are the drift and diffusion
 coefficient, `s` is the score.
+
+Noise-aware data consistency (`sampling.noise_aware`, `Measurements`): measured samples carry noise, and fitting
+them exactly through the ill-conditioned SENSE inverse amplifies it into a grain over the image. The noise level
+`σ̂` (complex std per k-space sample) is estimated from the data (`utils/noise.py`: the residual of the
+least-squares SENSE fit over its degrees of freedom). The
+proximal data-consistency step on a denoised estimate `x̂₀` at diffusion time `t`,
+
+    x = argmin ‖A x − y‖² + λ_t ‖x − x̂₀‖²,   λ_t = ζ · σ̂² / σ̄_t²,   σ̄_t = σ(t) / a(t)
+
+(ζ = `sampling.dc_scale`; σ̄_t the noise level of `x_t` in the units of `x₀`) is the MAP estimate under the
+Gaussian likelihood at noise `σ̂` and a Gaussian prior around `x̂₀` of std `σ̄_t/√ζ`, as in DiffPIR-type
+samplers: early steps (σ̄_t large) follow the data, late steps (σ̄_t → 0) trust the denoiser, so the last steps do
+not re-inject the measured noise. Conjugate gradients stop by the discrepancy principle, as soon as
+`‖A x − y‖ ≤ τ σ̂ √m` (τ = `sampling.discrepancy`, `m` the number of measured complex samples), or after the
+step's iteration count. The final `final_dc='cg'` step (λ = `sampling.dc_lambda`) stops by the same rule, so it
+fits the data down to the noise level and no further (Morozov's discrepancy principle).
 """
 from __future__ import annotations
 
@@ -17,7 +33,8 @@ import torch
 from tqdm.auto import trange
 
 from utils.common import Registry, append_dims, derived_seed
-from utils.mri import c2r, conjugate_gradient, r2c, sense_adjoint, sense_normal
+from utils.mri import batch_dot, c2r, r2c, safe_div, sense_adjoint, sense_forward, sense_normal
+from utils.noise import noise_sigma
 
 PREDICTORS = Registry("predictor")
 CORRECTORS = Registry("corrector")
@@ -36,6 +53,62 @@ def data_consistency(x, aty, csm, mask, score, weight: float) -> torch.Tensor:
     d = c2r(sense_normal(r2c(x), csm, mask) - aty)
     scale = weight * _norm(score) / _norm(d).clamp_min(torch.finfo(d.dtype).tiny)
     return d * append_dims(scale, d.ndim)
+
+
+class Measurements:
+    """The measured k-space of a batch and its data-consistency solver.
+
+    `y` complex `[B, C, H, W]` (masked), `csm` `[B, C, H, W]`, `mask` real broadcastable to `[H, W]`. With
+    `noise_aware` the noise std `sigma` `[B]` is estimated once (module docstring); `dc_scale` is ζ and
+    `discrepancy` τ. Without it `sigma` is None and `solve` is the plain
+    proximal step with the λ it is given.
+    """
+
+    def __init__(self, y, csm, mask, *, noise_aware: bool = False, dc_scale: float = 1.0, discrepancy: float = 1.0):
+        self.y, self.csm, self.mask = y * mask, csm, mask
+        self.aty = sense_adjoint(y, csm, mask)
+        self.dc_scale, self.sigma, self.target = dc_scale, None, None
+        if noise_aware:
+            self.sigma = noise_sigma(y, csm, mask)
+            measured = float(torch.broadcast_to(mask, y.shape[-2:]).gt(0).sum()) * y.shape[1]
+            self.target = discrepancy * self.sigma * measured ** 0.5
+
+    def noise_lambda(self, sde, t: torch.Tensor) -> torch.Tensor:
+        """`λ_t = ζ σ̂² / σ̄_t²` `[B]` (module docstring); needs `noise_aware`."""
+        level = sde.marginal_std(t) / sde.mean_scale(t)
+        return self.dc_scale * self.sigma ** 2 / level.clamp_min(torch.finfo(level.dtype).tiny) ** 2
+
+    def solve(self, x0: torch.Tensor, lamda, iters: int) -> torch.Tensor:
+        """`argmin ‖A x − y‖² + λ‖x − x₀‖²` for a real `[B, 2, H, W]` estimate `x₀` (λ a float or `[B]`), by at most
+        `iters` conjugate-gradient steps on the correction `x − x₀` from 0; with `noise_aware` a sample stops as
+        soon as its data residual reaches `τ σ̂ √m` (checked before every step, so data already fitting within
+        the noise leave `x₀` unchanged)."""
+        image = r2c(x0)
+        lamda = append_dims(torch.as_tensor(lamda, dtype=x0.dtype, device=x0.device).expand(x0.shape[0]), x0.ndim)
+        misfit = sense_forward(image, self.csm, self.mask) - self.y  # A x − y, updated with the correction
+        r = -sense_adjoint(misfit, self.csm, self.mask)
+        p, rr = r, batch_dot(r, r)
+        correction = torch.zeros_like(image)
+        for _ in range(iters):
+            forward_p = sense_forward(p, self.csm, self.mask)
+            normal_p = sense_adjoint(forward_p, self.csm, self.mask) + lamda * p
+            alpha = safe_div(rr, batch_dot(p, normal_p))
+            if self.target is not None:
+                alpha = alpha * (_norm(misfit) > self.target)
+            alpha = append_dims(alpha, x0.ndim)
+            correction = correction + alpha * p
+            misfit = misfit + alpha * forward_p
+            r = r - alpha * normal_p
+            rr_next = batch_dot(r, r)
+            p = r + append_dims(safe_div(rr_next, rr), x0.ndim) * p
+            rr = rr_next
+        return c2r(image + correction)
+
+
+def measurements(config, y, csm, mask) -> Measurements:
+    """`Measurements` of a batch with the config's `sampling.noise_aware`, `dc_scale`, `discrepancy`."""
+    c = config.sampling
+    return Measurements(y, csm, mask, noise_aware=c.noise_aware, dc_scale=c.dc_scale, discrepancy=c.discrepancy)
 
 
 @CORRECTORS.register("langevin")
@@ -160,32 +233,27 @@ def check_final_dc(mode: str) -> None:
         raise ValueError(f"unknown sampling.final_dc {mode!r}; choose one of {list(FINAL_DC)}")
 
 
-def final_data_consistency(x, aty, csm, mask, mode: str, lamda: float, iters: int) -> torch.Tensor:
-    """Make a reconstruction `x` (real `[B, 2, H, W]`) agree with the measured k-space.
+def final_data_consistency(x, data: Measurements, mode: str, lamda, iters: int) -> torch.Tensor:
+    """Make a reconstruction `x` (real `[B, 2, H, W]`) agree with the measured k-space `data`.
 
     - `replace`: every coil's measured samples replace the predicted ones, `x ← Σ_c conj(S_c) F⁻¹(M y_c +
       (1 − M) F(S_c x))` = `x + Aᴴ(y − A x)` where `Σ|S|² = 1`: one unit gradient step on `½‖A x − y‖²`. It
       is the exact projection onto the data for one coil; with several coils the combination mixes measured and
       predicted samples again, so it lowers the data residual without removing it;
-    - `cg`: `argmin ‖A x' − y‖² + λ‖x' − x‖²` by `iters` conjugate-gradient steps on the correction,
-      `(AᴴA + λ)(x' − x) = Aᴴ(y − A x)` (λ = `sampling.dc_lambda`, in the units of the data): the multi-coil
-      projection onto the data as λ → 0, a compromise with the prior for noisy data;
+    - `cg`: `argmin ‖A x' − y‖² + λ‖x' − x‖²` by `iters` conjugate-gradient steps on the correction
+      (`Measurements.solve`; λ a float or `[B]`, in the units of the data): the multi-coil projection onto the
+      data as λ → 0, a compromise with the prior for noisy data; noise-aware data stop at the discrepancy level;
     - `none`: `x` unchanged.
     """
     check_final_dc(mode)
     if mode == "none":
         return x
-    image = r2c(x)
     if mode == "replace":
-        return c2r(aty + sense_normal(image, csm, 1 - mask))
-    if lamda <= 0 or iters < 1:
-        raise ValueError(f"sampling.final_dc='cg' needs sampling.dc_lambda > 0 and sampling.cg_iters >= 1, got "
-                         f"{lamda} and {iters}")
-    residual = aty - sense_normal(image, csm, mask)  # solved for the correction: a truncated CG starts at x
-    return c2r(image + conjugate_gradient(lambda v: sense_normal(v, csm, mask) + lamda * v, residual, iters))
+        return c2r(data.aty + sense_normal(r2c(x), data.csm, 1 - data.mask))
+    return data.solve(x, lamda, iters)
 
 
-def finish(config, sde, score_fn, x, t, aty, csm, mask) -> torch.Tensor:
+def finish(config, sde, score_fn, x, t, data: Measurements) -> torch.Tensor:
     """The clean-image options applied to a sampler's result `x` at its last time `t` (`[B]`), in this order:
 
     `sampling.denoise`: one more score evaluation, `x ← x + σ(t)² P s(x, t)` (Tweedie's denoiser at the last
@@ -193,15 +261,19 @@ def finish(config, sde, score_fn, x, t, aty, csm, mask) -> torch.Tensor:
     """
     if config.sampling.denoise:
         x = x + append_dims(sde.marginal_std(t), x.ndim) ** 2 * sde.project(score_fn(x, t))
-    return clean(config, x, aty, csm, mask)
+    return clean(config, x, data)
 
 
-def clean(config, x, aty, csm, mask) -> torch.Tensor:
-    """`sampling.support_mask`, then `sampling.final_dc` (`final_data_consistency`) on a result `x`."""
+def clean(config, x, data: Measurements) -> torch.Tensor:
+    """`sampling.support_mask`, then `sampling.final_dc` (`final_data_consistency`, λ = `sampling.dc_lambda`,
+    `sampling.cg_iters` steps; with noise-aware data CG stops at the discrepancy level) on a result `x`."""
     c = config.sampling
     if c.support_mask:
-        x = x * support(csm).repeat(1, 2, 1, 1)
-    return final_data_consistency(x, aty, csm, mask, c.final_dc, c.dc_lambda, c.cg_iters)
+        x = x * support(data.csm).repeat(1, 2, 1, 1)
+    if c.final_dc == "cg" and not (c.dc_lambda > 0 and c.cg_iters >= 1):
+        raise ValueError(f"sampling.final_dc='cg' needs sampling.dc_lambda > 0 and sampling.cg_iters >= 1, got "
+                         f"{c.dc_lambda} and {c.cg_iters}")
+    return final_data_consistency(x, data, c.final_dc, c.dc_lambda, c.cg_iters)
 
 
 @torch.no_grad()
@@ -217,7 +289,8 @@ def pc_sampler(config, sde, score_fn, y, csm, mask, noise, show_progress: bool =
     steps, snr = sampling_schedule(config)
     counted = CountedScore(score_fn)
     x = initial_state(sde, y, csm, noise)
-    aty = sense_adjoint(y, csm, mask)
+    data = measurements(config, y, csm, mask)
+    aty, csm = data.aty, data.csm
     inside = support(csm).repeat(1, 2, 1, 1) if c.support_mask else None
     x_mean = x
     timesteps = torch.linspace(sde.T, c.eps, steps, device=x.device)
@@ -230,7 +303,7 @@ def pc_sampler(config, sde, score_fn, y, csm, mask, noise, show_progress: bool =
                               num_steps=steps, project_score=c.project_score)
         if inside is not None:
             x, x_mean = x * inside, x_mean * inside
-    x = finish(config, sde, counted, x_mean if c.noise_removal else x, t, aty, csm, mask)
+    x = finish(config, sde, counted, x_mean if c.noise_removal else x, t, data)
     return x, counted.nfe
 
 
@@ -244,7 +317,8 @@ def ode_sampler(config, sde, score_fn, y, csm, mask, noise, show_progress: bool 
     steps, _ = sampling_schedule(config)
     counted = CountedScore(score_fn)
     x = initial_state(sde, y, csm, noise)
-    aty = sense_adjoint(y, csm, mask)
+    data = measurements(config, y, csm, mask)
+    aty, csm = data.aty, data.csm
     flow = sde.reverse(counted, probability_flow=True)
     timesteps = torch.linspace(sde.T, config.sampling.eps, steps + 1, device=x.device)
     for i in trange(steps, disable=not show_progress, desc="ODE sampling", leave=False):
@@ -254,7 +328,7 @@ def ode_sampler(config, sde, score_fn, y, csm, mask, noise, show_progress: bool 
         d = data_consistency(x, aty, csm, mask, s, config.sampling.mse)
         drift, _ = flow.sde(x, t, score=s - d)
         x = x + drift * dt
-    x = finish(config, sde, counted, x, timesteps[-1].expand(x.shape[0]), aty, csm, mask)
+    x = finish(config, sde, counted, x, timesteps[-1].expand(x.shape[0]), data)
     return x, counted.nfe
 
 
@@ -271,9 +345,9 @@ def ddim_sampler(config, sde, score_fn, y, csm, mask, noise, show_progress: bool
     estimate (as in decomposed diffusion sampling); one network evaluation per step. Returns `(x, nfe)`.
 
     For `t → t'` on the sampling schedule's grid from 1 to `sampling.eps`: `s = P score(x, t)`;
-    `x̂₀ = denoised(x, t, s)` (times the coil-map support with `sampling.support_mask`), then `sampling.dc_iters`
-    conjugate-gradient steps of `argmin ‖A x − y‖² +
-    λ‖x − x̂₀‖²` (λ = `sampling.dc_lambda`); `ε̂ = −σ s`; `x ← mean(x̂₀, t') + √(σ'² − c²)·ε̂ + c·P z` with
+    `x̂₀ = denoised(x, t, s)` (times the coil-map support with `sampling.support_mask`), then at most
+    `sampling.dc_iters` conjugate-gradient steps of `argmin ‖A x − y‖² + λ‖x − x̂₀‖²` (λ = `sampling.dc_lambda`,
+    or with `sampling.noise_aware` `λ_t = ζ σ̂²/σ̄_t²` and the discrepancy stop, module docstring); `ε̂ = −σ s`; `x ← mean(x̂₀, t') + √(σ'² − c²)·ε̂ + c·P z` with
     `c = η σ' √(1 − a²σ'²/(a'²σ²))` (η = `sampling.eta`: 0 deterministic, 1 ancestral). The result is the last
     `x̂₀` (already denoised: `sampling.denoise` does not apply), passed through `clean`.
     """
@@ -281,13 +355,14 @@ def ddim_sampler(config, sde, score_fn, y, csm, mask, noise, show_progress: bool
     steps, _ = sampling_schedule(config)
     counted = CountedScore(score_fn)
     x = initial_state(sde, y, csm, noise)
-    aty = sense_adjoint(y, csm, mask)
-    inside = support(csm).repeat(1, 2, 1, 1) if c.support_mask else 1.0
+    data = measurements(config, y, csm, mask)
+    inside = support(data.csm).repeat(1, 2, 1, 1) if c.support_mask else 1.0
     timesteps = torch.linspace(sde.T, c.eps, steps, device=x.device)
     for i in trange(steps, disable=not show_progress, desc="DDIM sampling", leave=False):
         t = timesteps[i].expand(x.shape[0])
         s = sde.project(counted(x, t))
-        x0 = final_data_consistency(denoised(sde, x, t, s) * inside, aty, csm, mask, "cg", c.dc_lambda, c.dc_iters)
+        lamda = c.dc_lambda if data.sigma is None else data.noise_lambda(sde, t)
+        x0 = data.solve(denoised(sde, x, t, s) * inside, lamda, c.dc_iters)
         if i == steps - 1:
             break
         t_next = timesteps[i + 1].expand(x.shape[0])
@@ -297,7 +372,7 @@ def ddim_sampler(config, sde, score_fn, y, csm, mask, noise, show_progress: bool
         eps_hat = -append_dims(std, x.ndim) * s
         x = (sde.marginal_mean(x0, t_next) + append_dims(torch.sqrt(std_next ** 2 - spread ** 2), x.ndim) * eps_hat
              + append_dims(spread, x.ndim) * sde.project(noise(x.shape)))
-    return clean(config, x0, aty, csm, mask), counted.nfe
+    return clean(config, x0, data), counted.nfe
 
 
 SAMPLERS = {"pc": pc_sampler, "ode": ode_sampler, "ddim": ddim_sampler}

@@ -62,6 +62,12 @@ def get_default_configs() -> ml_collections.ConfigDict:
     sampling.dc_lambda = 0.01
     sampling.eta = 0.0  # ddim: 0 deterministic steps, 1 ancestral (DDPM-like) noise
     sampling.dc_iters = 5  # ddim: conjugate-gradient steps of the data consistency on each denoised estimate
+    # Noise-aware data consistency (sampling.py): the noise level estimated from the data sets the proximal weight
+    # lambda_t = dc_scale * sigma^2 / sigma_t^2 of the DDIM steps and of final_dc='cg', and CG stops once the data
+    # residual reaches discrepancy * sigma * sqrt(measured samples). Off as published.
+    sampling.noise_aware = False
+    sampling.dc_scale = 1.0
+    sampling.discrepancy = 1.0
     sampling.num_samples = 1  # posterior samples per slice: the mean is scored, their std is the uncertainty map
     sampling.save_samples = False  # also store every sample in the .mat files
     sampling.tuned = ""  # best.json of `main.py --mode tune`: its sampler settings replace these

@@ -37,28 +37,105 @@ def residual(x, y, csm, mask):
 def test_replace_is_a_unit_gradient_step_and_exact_for_one_coil():
     guess, y, csm, mask = problem()
     aty = mri.sense_adjoint(y, csm, mask)
-    out = sampling.final_data_consistency(guess, aty, csm, mask, "replace", 0.0, 0)
+    out = sampling.final_data_consistency(guess, sampling.Measurements(y, csm, mask), "replace", 0.0, 0)
     step = guess + mri.c2r(aty - mri.sense_normal(mri.r2c(guess), csm, mask))
     torch.testing.assert_close(out, step, atol=1e-5, rtol=1e-5)
     assert residual(out, y, csm, mask) < 0.7 * residual(guess, y, csm, mask)
     guess, y, csm, mask = problem(coils=1)
     csm = torch.ones_like(csm)
     y = mri.sense_forward(mri.r2c(guess) + 1, csm, mask)
-    out = sampling.final_data_consistency(guess, mri.sense_adjoint(y, csm, mask), csm, mask, "replace", 0.0, 0)
+    out = sampling.final_data_consistency(guess, sampling.Measurements(y, csm, mask), "replace", 0.0, 0)
     assert residual(guess, y, csm, mask) > 0.5 and residual(out, y, csm, mask) < 1e-6
 
 
 def test_cg_final_dc_moves_from_the_data_to_the_prior_with_lambda():
     guess, y, csm, mask = problem(1)
-    aty = mri.sense_adjoint(y, csm, mask)
-    close = sampling.final_data_consistency(guess, aty, csm, mask, "cg", 1e-4, 40)
-    far = sampling.final_data_consistency(guess, aty, csm, mask, "cg", 1e4, 40)
+    data = sampling.Measurements(y, csm, mask)
+    close = sampling.final_data_consistency(guess, data, "cg", 1e-4, 40)
+    far = sampling.final_data_consistency(guess, data, "cg", 1e4, 40)
     assert residual(close, y, csm, mask) < 1e-2 * residual(guess, y, csm, mask)
     torch.testing.assert_close(far, guess, atol=1e-3, rtol=1e-3)
+    # The proximal step equals the float64 solution of (AᴴA + λ)x = Aᴴy + λ x₀ (dense normal matrix).
+    lam = 0.3
+    mid = sampling.final_data_consistency(guess, data, "cg", lam, 200)
+    a = dense_operator(csm[0].numpy().astype(np.complex128), mask.numpy())
+    x0 = mri.r2c(guess)[0, 0].numpy().astype(np.complex128).ravel()
+    rhs = a.conj().T @ y[0].numpy().astype(np.complex128).ravel() + lam * x0
+    want = np.linalg.solve(a.conj().T @ a + lam * np.eye(a.shape[1]), rhs).reshape(H, W)
+    np.testing.assert_allclose(mri.r2c(mid)[0, 0].numpy(), want, atol=1e-4)
+    config = sampler_config()
+    config.sampling.final_dc, config.sampling.dc_lambda = "cg", 0.0
     with pytest.raises(ValueError, match="dc_lambda > 0"):
-        sampling.final_data_consistency(guess, aty, csm, mask, "cg", 0.0, 40)
+        sampling.clean(config, guess, data)
     with pytest.raises(ValueError, match="unknown sampling.final_dc 'exact'"):
-        sampling.final_data_consistency(guess, aty, csm, mask, "exact", 0.0, 40)
+        sampling.final_data_consistency(guess, data, "exact", 0.0, 40)
+
+
+def dense_operator(csm, mask):
+    """The SENSE operator `A` of one slice as a dense `[C·H·W, H·W]` float64 matrix (columns: unit images)."""
+    eye = np.eye(H * W).reshape(H * W, H, W)
+    cols = [np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(csm * e, axes=(-2, -1)), norm="ortho"), axes=(-2, -1))
+            * mask for e in eye]
+    return np.stack([c.ravel() for c in cols], axis=1)
+
+
+def noisy_problem(sigma, seed=5, coils=6):
+    """A slice with complex noise of std `sigma` per measured sample; returns `(truth, y, csm, mask)`."""
+    guess, y, csm, mask = problem(seed, batch=1, coils=coils, disc=True)
+    gen = torch.Generator().manual_seed(seed)
+    noise = torch.complex(torch.randn(y.shape, generator=gen), torch.randn(y.shape, generator=gen)) * sigma / 2 ** 0.5
+    return guess, (y + noise) * mask, csm, mask
+
+
+def test_noise_aware_solve_stops_at_the_discrepancy_level():
+    sigma = 0.05
+    guess, y, csm, mask = noisy_problem(sigma)
+    data = sampling.Measurements(y, csm, mask, noise_aware=True, discrepancy=1.0)
+    measured = int(mask.sum()) * y.shape[1]
+    assert 0.8 * sigma < float(data.sigma[0]) < 1.5 * sigma
+    out = data.solve(guess, 0.0, 200)
+    misfit = torch.linalg.vector_norm(mri.sense_forward(mri.r2c(out), csm, mask) - y).item()
+    target = float(data.sigma[0]) * measured ** 0.5
+    assert 0.8 * target < misfit <= target * 1.0001  # stopped as soon as the noise level was reached
+    exact = sampling.Measurements(y, csm, mask).solve(guess, 0.0, 200)  # without the stop: fits the noise too
+    overfit = torch.linalg.vector_norm(mri.sense_forward(mri.r2c(exact), csm, mask) - y).item()
+    assert overfit < 0.95 * target
+    data_fits = sampling.Measurements(y, csm, mask, noise_aware=True, discrepancy=1e3)
+    assert torch.equal(data_fits.solve(guess, 0.0, 50), guess)  # already within the noise: unchanged
+
+
+def test_noise_lambda_follows_the_noise_and_the_diffusion_level():
+    guess, y, csm, mask = noisy_problem(0.05)
+    config = sampler_config("vpsde")
+    sde = sde_lib.get_sde(config)
+    data = sampling.Measurements(y, csm, mask, noise_aware=True, dc_scale=2.0)
+    t = torch.tensor([0.2, 0.7])
+    level = sde.marginal_std(t) / sde.mean_scale(t)
+    torch.testing.assert_close(data.noise_lambda(sde, t), 2.0 * data.sigma ** 2 / level ** 2)
+    assert data.noise_lambda(sde, t)[0] > data.noise_lambda(sde, t)[1]
+
+
+def _noisy_run(method, final_dc):
+    config = sampler_config("hfssde")
+    config.sampling.method, config.sampling.noise_aware, config.sampling.final_dc = method, True, final_dc
+    config.sampling.dc_iters = config.sampling.cg_iters = 30
+    sde = sde_lib.get_sde(config)
+    _, y, csm, mask = noisy_problem(0.05)
+    out, _ = sampling.SAMPLERS[method](config, sde, score, y, csm, mask, sampling.SampleNoise([0], "cpu"))
+    misfit = torch.linalg.vector_norm(mri.sense_forward(mri.r2c(out), csm, mask) - y).item()
+    return out, misfit, float(sampling.Measurements(y, csm, mask, noise_aware=True).target[0])
+
+
+def test_noise_aware_ddim_fits_the_data_to_the_noise_level():
+    out, misfit, target = _noisy_run("ddim", "cg")
+    assert torch.isfinite(out).all() and misfit <= 1.0001 * target
+
+
+@pytest.mark.parametrize("method", ["pc", "ode"])
+def test_noise_aware_final_step_moves_pc_and_ode_towards_the_data(method):
+    out, misfit, target = _noisy_run(method, "cg")
+    _, misfit_none, _ = _noisy_run(method, "none")
+    assert torch.isfinite(out).all() and target < misfit < 0.5 * misfit_none
 
 
 def sampler_config(name="hfssde", steps=5):
@@ -95,8 +172,7 @@ def test_denoise_is_tweedie_for_a_point_mass_and_costs_one_evaluation():
         mean, std = sde.marginal_prob(x0, t_)
         return -(x - mean) / std[:, None, None, None] ** 2
 
-    aty = mri.sense_adjoint(y, csm, mask)
-    out = sampling.finish(config, sde, point_mass_score, guess, t, aty, csm, mask)
+    out = sampling.finish(config, sde, point_mass_score, guess, t, sampling.Measurements(y, csm, mask))
     torch.testing.assert_close(out, sde.marginal_prob(x0, t)[0], atol=1e-4, rtol=1e-4)
     _, nfe = sampling.pc_sampler(config, sde, score, y, csm, mask, sampling.SampleNoise([0, 1], "cpu"))
     assert nfe == 2 * config.sampling.N + 1
@@ -106,8 +182,7 @@ def test_options_off_leave_the_result_unchanged():
     config = sampler_config()
     sde = sde_lib.get_sde(config)
     guess, y, csm, mask = problem(4, disc=True)
-    aty = mri.sense_adjoint(y, csm, mask)
-    out = sampling.finish(config, sde, score, guess, torch.full((2,), 1e-3), aty, csm, mask)
+    out = sampling.finish(config, sde, score, guess, torch.full((2,), 1e-3), sampling.Measurements(y, csm, mask))
     assert torch.equal(out, guess)
 
 

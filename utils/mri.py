@@ -107,12 +107,12 @@ def crop_kspace(kspace: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return fft2c(center_crop(ifft2c(kspace), size))
 
 
-def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def batch_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Real part of the per-sample inner product `Re⟨a, b⟩ = Re Σ conj(a) b` over all but dim 0: `[B]`."""
     return torch.sum((a.conj() * b).real, dim=tuple(range(1, a.ndim)))
 
 
-def _safe_div(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+def safe_div(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
     """`num / den` where `den > 0`, else 0 (a converged sample takes no further step)."""
     positive = den > 0
     return torch.where(positive, num / torch.where(positive, den, torch.ones_like(den)), torch.zeros_like(num))
@@ -135,13 +135,13 @@ def conjugate_gradient(normal_op: Callable[[torch.Tensor], torch.Tensor], rhs: t
     x = torch.zeros_like(rhs)
     r = rhs.clone()
     p = r.clone()
-    rr = _dot(r, r)
+    rr = batch_dot(r, r)
     for _ in range(num_iters):
         normal_p = normal_op(p)
-        alpha = append_dims(_safe_div(rr, _dot(p, normal_p)), rhs.ndim)
+        alpha = append_dims(safe_div(rr, batch_dot(p, normal_p)), rhs.ndim)
         x = x + alpha * p
         r = r - alpha * normal_p
-        rr_next = _dot(r, r)
-        p = r + append_dims(_safe_div(rr_next, rr), rhs.ndim) * p
+        rr_next = batch_dot(r, r)
+        p = r + append_dims(safe_div(rr_next, rr), rhs.ndim) * p
         rr = rr_next
     return x

@@ -1,0 +1,313 @@
+"""Shift benchmark: the brain demo networks and the classical baselines on held-out heads through acquisitions the
+networks were not trained with.
+
+    python bench/bench_shift.py                                   # every row, 4x 8x 10x (long: see bench/README.md)
+    python bench/bench_shift.py --rows fastmri project --acc 8    # a part; finished slices are reused
+    python bench/bench_shift.py --heads my_scan.nii.gz --rows fastmri   # add your own magnitude images as test slices
+
+Anatomy (`data/shift_bench/heads.npz`, made by `--make-heads --source <folder with the nilearn and dipy wheels>`):
+validation = the brain set's two validation slices (z = 116, 120 mm of the MNI152 template, with skull and scalp),
+test = its four test slices (z = 74 … 86 mm) and a head the project never trained on (the coronal T1 slice shipped
+with dipy), all 128 × 128 magnitudes in [0, 1]. Training used other slabs of the template only, axial, brain-only.
+
+Rows (`ROWS`): acquisitions made by `data_prepare/simulate_multicoil.py` — the project's own simulator (the one the
+brain set was made with), a fastMRI-like scan (2× readout oversampling cropped in the image domain, 8 birdcage
+coils around the whole field of view, noise at 1 % of the brightest coil image, ESPIRiT maps from the whole matrix)
+and variations of it (4 or 16 coils, no noise, 40 dB, 30 dB, BART maps, surface loops with correlated noise).
+Each row gets its own validation and test volumes (`<out>/data/<row>/`).
+
+Per row and acceleration (uniform masks, 24 ACS lines): zero-filled, CG-SENSE, ℓ1-wavelet with λ chosen on the
+row's validation slices (PSNR-best of `L1_GRID`), VP-SDE and HFS-SDE with the brain demo configs' default sampler,
+and HFS-SDE with the published PC sampler (`hfssde-pc`), all through the reconstruction harness
+(runners/reconstruct.py, so every output and per-slice metric is kept in `<out>/<row>/acc<R>/<method>/`). Each
+row also reports why it is hard: `noise×`, the CG-SENSE noise amplification (rms of the CG-SENSE reconstruction of
+white k-space noise over that of the fully sampled coil combination, on the coil-map support, mean over the test
+slices: the mean g-factor times √R), and `σ̂/σ`, the noise level the samplers estimate against the true one.
+
+Prints and writes `<out>/table.md` (mean PSNR / SSIM over the test slices, the worst slice's margin of HFS-SDE over
+ℓ1-wavelet) and `<out>/shift_margin.png`.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import io
+import json
+import logging
+import os
+import sys
+import tempfile
+import zipfile
+from dataclasses import replace
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from absl import logging as absl_logging  # noqa: E402
+
+from baselines import BASELINES  # noqa: E402
+from configs.hfssde.brain_demo import get_config as hfs_brain  # noqa: E402
+from configs.vp.brain_demo import get_config as vp_brain  # noqa: E402
+from data_prepare.fastmri_io import write_kspace_file, write_maps_file  # noqa: E402
+from data_prepare.simulate_multicoil import ACQUISITIONS, fit_to_size, load_stack, simulate_volume  # noqa: E402
+from runners.reconstruct import reconstruct  # noqa: E402
+from utils import metrics  # noqa: E402
+from utils.masks import make_mask  # noqa: E402
+from utils.mri import center_crop, conjugate_gradient, crop_kspace, sense_adjoint, sense_normal  # noqa: E402
+from utils.noise import noise_sigma  # noqa: E402
+
+HEADS = "data/shift_bench/heads.npz"
+SIZE, ACS = 128, 24
+FASTMRI = ACQUISITIONS["fastmri"]
+ROWS = {
+    "project": ACQUISITIONS["project"],
+    "fastmri": FASTMRI,
+    "fastmri-4coils": replace(FASTMRI, coils=4),
+    "fastmri-16coils": replace(FASTMRI, coils=16),
+    "fastmri-noiseless": replace(FASTMRI, noise_peak=None),
+    "fastmri-40dB": replace(FASTMRI, noise_peak=None, snr_db=40.0),
+    "fastmri-30dB": replace(FASTMRI, noise_peak=None, snr_db=30.0),
+    "fastmri-bart": replace(FASTMRI, maps_backend="bart"),
+    "loops-correlated": replace(FASTMRI, layout="loops", coil_radius=1.05, noise_correlation=0.4),
+}
+ACCELERATIONS = (4, 8, 10)
+L1_GRID = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
+METHODS = ("zero_filled", "sense", "l1wavelet", "vpsde", "hfssde", "hfssde-pc")
+LABELS = {"zero_filled": "zero-filled", "sense": "CG-SENSE", "l1wavelet": "ℓ1-wavelet", "vpsde": "VP-SDE",
+          "hfssde": "HFS-SDE", "hfssde-pc": "HFS-SDE PC"}
+
+
+# --- anatomy -------------------------------------------------------------------------------------------------------
+
+def make_heads(source: str, out: str) -> None:
+    """Write `HEADS` from the nilearn wheel (MNI152 template) and the dipy wheel (coronal T1 slice) in `source`."""
+    from data_prepare import generate_brain_demo as brain  # noqa: PLC0415
+    from utils.augment import add_scalp  # noqa: PLC0415
+
+    with tempfile.TemporaryDirectory(prefix="hfs_heads_") as tmp:
+        slices, pixel_mm = brain.load_template(brain.find_template(source, tmp), SIZE)
+    sets = {}
+    for index, name in enumerate(("test", "val")):  # the brain set's own seeds: the same skull and scalp
+        rng = np.random.default_rng([0, index, 1])
+        stack = np.stack([add_scalp(m, rng, pixel_mm) for m in slices[list(brain.split()[name])]])
+        sets[name] = stack / stack.max()
+    wheels = glob.glob(os.path.join(source, "dipy-*.whl"))
+    if not wheels:
+        raise SystemExit(f"no dipy wheel in {source}: pip download dipy --no-deps --only-binary=:all: -d {source}")
+    with zipfile.ZipFile(wheels[0]) as wheel:
+        coronal = np.abs(np.load(io.BytesIO(wheel.read("dipy/data/files/t1_coronal_slice.npy"))))
+    coronal = fit_to_size(coronal / coronal.max(), (1.0, 1.0), SIZE, "fit")
+    test = np.concatenate([sets["test"], coronal[None]])
+    names = [f"mni152_z{z}" for z in brain.split()["test"]] + ["dipy_coronal_t1"]
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    np.savez_compressed(out, val=sets["val"].astype(np.float16), test=test.astype(np.float16),
+                        test_names=np.array(names), val_names=np.array([f"mni152_z{z}" for z in brain.split()["val"]]))
+    print(f"wrote {out}: {len(sets['val'])} validation and {len(test)} test slices")
+
+
+def load_heads(extra: list[str]) -> dict[str, np.ndarray]:
+    if not os.path.exists(HEADS):
+        raise SystemExit(f"{HEADS} is missing; make it with: python bench/bench_shift.py --make-heads --source "
+                         f"<folder with the nilearn and dipy wheels>")
+    heads = np.load(HEADS)
+    test = [heads["test"].astype(np.float64)]
+    for path in extra:
+        stack, spacing = load_stack(path, None)
+        test.append(np.stack([fit_to_size(s / max(s.max(), 1e-12), spacing, SIZE, "fit") for s in np.abs(stack)]))
+    return {"val": heads["val"].astype(np.float64), "test": np.concatenate(test)}
+
+
+# --- data per row --------------------------------------------------------------------------------------------------
+
+def row_data(out: str, row: str, heads: dict[str, np.ndarray]) -> dict[str, str]:
+    """Simulate (once) the row's validation and test volumes; returns their k-space folders."""
+    folders = {}
+    for index, split in enumerate(("val", "test")):
+        folder = os.path.join(out, "data", row, split)
+        path = os.path.join(folder, f"{row}_{split}.h5")
+        if not os.path.exists(path):
+            rng = np.random.default_rng([2026, list(ROWS).index(row), index])
+            kspace, maps = simulate_volume(heads[split], rng, ROWS[row])
+            attrs = {"acquisition": repr(ROWS[row])}
+            write_maps_file(os.path.join(folder + "_maps", f"{row}_{split}.h5"), maps, attrs=attrs)
+            write_kspace_file(path, kspace, acquisition="SHIFT_BENCH", patient_id=row, recon_size=SIZE, attrs=attrs)
+        folders[split] = folder
+    return folders
+
+
+def noise_figures(folder: str, row: str, acc: int) -> tuple[float, float]:
+    """`(noise×, σ̂/σ)` of a row's test volume at one acceleration (module docstring), means over slices."""
+    import h5py  # noqa: PLC0415
+
+    with h5py.File(os.path.join(folder, f"{row}_test.h5")) as f:
+        kspace = torch.from_numpy(f["kspace"][()])
+    with h5py.File(os.path.join(folder + "_maps", f"{row}_test.h5")) as f:
+        maps = center_crop(torch.from_numpy(f["s_maps"][()]), (SIZE, SIZE))
+    mask = torch.from_numpy(make_mask("uniform", SIZE, acc=acc, acs=ACS).astype(np.float32))
+    gen = torch.Generator().manual_seed(acc)
+    noise = torch.complex(torch.randn(maps.shape, generator=gen), torch.randn(maps.shape, generator=gen))
+    inside = maps.abs().square().sum(1, keepdim=True) > 0
+    full = sense_adjoint(noise, maps, torch.ones(()))
+    under = conjugate_gradient(lambda v: sense_normal(v, maps, mask), sense_adjoint(noise, maps, mask), 30)
+    amplification = (under.abs().square()[inside].mean() / full.abs().square()[inside].mean()).sqrt()
+    clean_kspace = crop_kspace(kspace, (SIZE, SIZE))
+    estimate = noise_sigma(clean_kspace * mask, maps, mask)
+    acquisition = ROWS[row]
+    truth = true_sigma(row) if acquisition.snr_db is not None or acquisition.noise_peak is not None else None
+    ratio = float("nan") if truth is None else float(estimate.mean() / truth)
+    return float(amplification), ratio
+
+
+def true_sigma(row: str) -> float:
+    """The complex noise std the row's test volume was simulated with (same seed, noiseless copy subtracted)."""
+    heads = load_heads([])
+    rng = lambda: np.random.default_rng([2026, list(ROWS).index(row), 1])  # noqa: E731
+    noisy, _ = simulate_volume(heads["test"], rng(), replace(ROWS[row], maps="true"))
+    clean, _ = simulate_volume(heads["test"], rng(), replace(ROWS[row], maps="true", snr_db=None, noise_peak=None))
+    noise = crop_kspace(torch.from_numpy(noisy - clean), (SIZE, SIZE))
+    return float(noise.abs().square().mean().sqrt())
+
+
+# --- methods -------------------------------------------------------------------------------------------------------
+
+def method_config(method: str, row: str, folders: dict[str, str], split: str, acc: int, out: str, l1_lambda=None):
+    config = (vp_brain if method == "vpsde" else hfs_brain)()
+    s = config.sampling
+    if method in BASELINES.names():
+        s.method, s.num_samples = method, 1
+    if method == "hfssde-pc":
+        s.method, s.num_samples = "pc", 1
+    if l1_lambda is not None:
+        s.l1_lambda = l1_lambda
+    s.acc, s.show_progress, s.datashift = acc, False, f"shift_{split}"
+    config.data.test_roots[s.datashift] = folders[split]
+    config.data.test_maps_roots[s.datashift] = folders[split] + "_maps"
+    tag = method if l1_lambda is None else f"{method}_lambda{l1_lambda:g}"
+    s.output_dir = os.path.join(out, row, f"acc{acc}", split, tag)
+    return config
+
+
+def tune_l1(row: str, folders: dict[str, str], acc: int, out: str) -> float:
+    """The PSNR-best ℓ1-wavelet λ of `L1_GRID` on the row's validation slices."""
+    scores = {lam: reconstruct(method_config("l1wavelet", row, folders, "val", acc, out, lam), out)["psnr"]
+              for lam in L1_GRID}
+    return max(scores, key=scores.get)
+
+
+def per_slice_psnr(summary_folder: str) -> np.ndarray:
+    import csv  # noqa: PLC0415
+
+    with open(os.path.join(summary_folder, "metrics.csv")) as f:
+        return np.array([float(r["psnr"]) for r in csv.DictReader(f)])
+
+
+def run_row(row: str, accelerations, methods, heads, out: str) -> list[dict]:
+    folders = row_data(out, row, heads)
+    results = []
+    for acc in accelerations:
+        entry = {"row": row, "acc": acc}
+        entry["noise_amplification"], entry["sigma_ratio"] = noise_figures(folders["test"], row, acc)
+        for method in methods:
+            lam = tune_l1(row, folders, acc, out) if method == "l1wavelet" else None
+            config = method_config(method, row, folders, "test", acc, out, lam)
+            summary = reconstruct(config, out)
+            entry[method] = {"psnr": summary["psnr"], "ssim": summary["ssim"], "folder": config.sampling.output_dir,
+                             "seconds_per_slice": summary["seconds_per_slice"]}
+            if lam is not None:
+                entry[method]["lambda"] = lam
+        if "hfssde" in methods and "l1wavelet" in methods:
+            margin = per_slice_psnr(entry["hfssde"]["folder"]) - per_slice_psnr(entry["l1wavelet"]["folder"])
+            entry["worst_margin"] = float(margin.min())
+        results.append(entry)
+        print(format_table([entry], methods, header=False), flush=True)
+    return results
+
+
+def format_table(entries: list[dict], methods, header: bool = True) -> str:
+    lines = []
+    if header:
+        cols = " | ".join(LABELS[m] for m in methods)
+        lines += [f"| row | acc | noise× | σ̂/σ | {cols} | HFS − ℓ1 (mean / worst slice) |",
+                  "|" + "---|" * (len(methods) + 5)]
+    for e in entries:
+        cells = [f"{e[m]['psnr']:.2f} / {e[m]['ssim']:.3f}" for m in methods]
+        margin = (f"{e['hfssde']['psnr'] - e['l1wavelet']['psnr']:+.2f} / {e['worst_margin']:+.2f}"
+                  if "worst_margin" in e else "–")
+        lines.append(f"| {e['row']} | {e['acc']}× | {e['noise_amplification']:.1f} | {e['sigma_ratio']:.2f} | "
+                     + " | ".join(cells) + f" | {margin} |")
+    return "\n".join(lines)
+
+
+def save_figure(entries: list[dict], path: str) -> None:
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    entries = [e for e in entries if "worst_margin" in e]
+    if not entries:
+        return
+    rows = list(dict.fromkeys(e["row"] for e in entries))
+    accs = sorted({e["acc"] for e in entries})
+    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(rows), 3.2))
+    width = 0.8 / len(accs)
+    for k, acc in enumerate(accs):
+        xs, means, worst = [], [], []
+        for i, row in enumerate(rows):
+            match = [e for e in entries if e["row"] == row and e["acc"] == acc]
+            if match:
+                xs.append(i + (k - (len(accs) - 1) / 2) * width)
+                means.append(match[0]["hfssde"]["psnr"] - match[0]["l1wavelet"]["psnr"])
+                worst.append(match[0]["worst_margin"])
+        ax.bar(xs, means, width, label=f"{acc}× (mean)")
+        ax.scatter(xs, worst, color="k", marker="_", s=80, zorder=3, label="worst slice" if k == 0 else None)
+    ax.axhline(0, color="k", lw=0.8)
+    ax.axhline(1, color="grey", lw=0.8, ls="--")
+    ax.set_xticks(range(len(rows)), rows, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("HFS-SDE − ℓ1-wavelet PSNR (dB)")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", nargs="+", choices=sorted(ROWS), default=list(ROWS))
+    parser.add_argument("--acc", nargs="+", type=int, default=list(ACCELERATIONS))
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--heads", nargs="*", default=[], help="more test images (NIfTI, PNG/TIFF, .npy)")
+    parser.add_argument("--out", default="results/bench_shift")
+    parser.add_argument("--make-heads", action="store_true", help=f"write {HEADS} from --source and stop")
+    parser.add_argument("--source", default=None, help="folder with the nilearn and dipy wheels (--make-heads)")
+    args = parser.parse_args(argv)
+    if args.make_heads:
+        if not args.source:
+            parser.error("--make-heads needs --source <folder with the nilearn and dipy wheels>")
+        make_heads(args.source, HEADS)
+        return 0
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    logging.getLogger().setLevel(logging.WARNING)
+    from data_prepare.espirit import bart_binary  # noqa: PLC0415
+
+    rows = [r for r in args.rows if ROWS[r].maps_backend != "bart" or bart_binary()]
+    for skipped in sorted(set(args.rows) - set(rows)):
+        print(f"row {skipped} skipped: the bart binary is not installed (apt-get install bart)")
+    heads = load_heads(args.heads)
+    print(format_table([], args.methods))
+    entries = [e for row in rows for e in run_row(row, args.acc, args.methods, heads, args.out)]
+    table = format_table(entries, args.methods)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "table.md"), "w") as f:
+        f.write(table + "\n")
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump(entries, f, indent=1)
+    save_figure(entries, os.path.join(args.out, "shift_margin.png"))
+    print(f"\n{table}\ntable, results.json and shift_margin.png in {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
