@@ -70,7 +70,7 @@ class Measurements:
         self.dc_scale, self.sigma, self.target = dc_scale, None, None
         if noise_aware:
             self.sigma = noise_sigma(y, csm, mask)
-            measured = float(torch.broadcast_to(mask, y.shape[-2:]).gt(0).sum()) * y.shape[1]
+            measured = float(torch.broadcast_to(mask, y.shape)[0].gt(0).sum())
             self.target = discrepancy * self.sigma * measured ** 0.5
 
     def noise_lambda(self, sde, t: torch.Tensor) -> torch.Tensor:

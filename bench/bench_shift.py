@@ -7,8 +7,8 @@ networks were not trained with.
 
 Anatomy (`data/shift_bench/heads.npz`, made by `--make-heads --source <folder with the nilearn and dipy wheels>`):
 validation = the brain set's two validation slices (z = 116, 120 mm of the MNI152 template, with skull and scalp),
-test = its four test slices (z = 74 … 86 mm) and a head the project never trained on (the coronal T1 slice shipped
-with dipy), all 128 × 128 magnitudes in [0, 1]. Training used other slabs of the template only, axial, brain-only.
+test = a head the project never trained on (the coronal T1 slice shipped with dipy) and the brain set's four test
+slices (z = 74 … 86 mm), in that order, all 128 × 128 magnitudes in [0, 1]. Training used other slabs of the template only, axial, brain-only.
 
 Rows (`ROWS`): acquisitions made by `data_prepare/simulate_multicoil.py` — the project's own simulator (the one the
 brain set was made with), a fastMRI-like scan (2× readout oversampling cropped in the image domain, 8 birdcage
@@ -53,7 +53,6 @@ from configs.vp.brain_demo import get_config as vp_brain  # noqa: E402
 from data_prepare.fastmri_io import write_kspace_file, write_maps_file  # noqa: E402
 from data_prepare.simulate_multicoil import ACQUISITIONS, fit_to_size, load_stack, simulate_volume  # noqa: E402
 from runners.reconstruct import reconstruct  # noqa: E402
-from utils import metrics  # noqa: E402
 from utils.masks import make_mask  # noqa: E402
 from utils.mri import center_crop, conjugate_gradient, crop_kspace, sense_adjoint, sense_normal  # noqa: E402
 from utils.noise import noise_sigma  # noqa: E402
@@ -99,8 +98,8 @@ def make_heads(source: str, out: str) -> None:
     with zipfile.ZipFile(wheels[0]) as wheel:
         coronal = np.abs(np.load(io.BytesIO(wheel.read("dipy/data/files/t1_coronal_slice.npy"))))
     coronal = fit_to_size(coronal / coronal.max(), (1.0, 1.0), SIZE, "fit")
-    test = np.concatenate([sets["test"], coronal[None]])
-    names = [f"mni152_z{z}" for z in brain.split()["test"]] + ["dipy_coronal_t1"]
+    test = np.concatenate([coronal[None], sets["test"]])  # the unseen head first: --max-slices keeps it
+    names = ["dipy_coronal_t1"] + [f"mni152_z{z}" for z in brain.split()["test"]]
     os.makedirs(os.path.dirname(out), exist_ok=True)
     np.savez_compressed(out, val=sets["val"].astype(np.float16), test=test.astype(np.float16),
                         test_names=np.array(names), val_names=np.array([f"mni152_z{z}" for z in brain.split()["val"]]))
@@ -172,7 +171,8 @@ def true_sigma(row: str) -> float:
 
 # --- methods -------------------------------------------------------------------------------------------------------
 
-def method_config(method: str, row: str, folders: dict[str, str], split: str, acc: int, out: str, l1_lambda=None):
+def method_config(method: str, row: str, folders: dict[str, str], split: str, acc: int, out: str, l1_lambda=None,
+                  max_slices: int = 0):
     config = (vp_brain if method == "vpsde" else hfs_brain)()
     s = config.sampling
     if method in BASELINES.names():
@@ -181,7 +181,7 @@ def method_config(method: str, row: str, folders: dict[str, str], split: str, ac
         s.method, s.num_samples = "pc", 1
     if l1_lambda is not None:
         s.l1_lambda = l1_lambda
-    s.acc, s.show_progress, s.datashift = acc, False, f"shift_{split}"
+    s.acc, s.show_progress, s.datashift, s.max_slices = acc, False, f"shift_{split}", max_slices
     config.data.test_roots[s.datashift] = folders[split]
     config.data.test_maps_roots[s.datashift] = folders[split] + "_maps"
     tag = method if l1_lambda is None else f"{method}_lambda{l1_lambda:g}"
@@ -203,7 +203,7 @@ def per_slice_psnr(summary_folder: str) -> np.ndarray:
         return np.array([float(r["psnr"]) for r in csv.DictReader(f)])
 
 
-def run_row(row: str, accelerations, methods, heads, out: str) -> list[dict]:
+def run_row(row: str, accelerations, methods, heads, out: str, max_slices: int = 0) -> list[dict]:
     folders = row_data(out, row, heads)
     results = []
     for acc in accelerations:
@@ -211,7 +211,7 @@ def run_row(row: str, accelerations, methods, heads, out: str) -> list[dict]:
         entry["noise_amplification"], entry["sigma_ratio"] = noise_figures(folders["test"], row, acc)
         for method in methods:
             lam = tune_l1(row, folders, acc, out) if method == "l1wavelet" else None
-            config = method_config(method, row, folders, "test", acc, out, lam)
+            config = method_config(method, row, folders, "test", acc, out, lam, max_slices)
             summary = reconstruct(config, out)
             entry[method] = {"psnr": summary["psnr"], "ssim": summary["ssim"], "folder": config.sampling.output_dir,
                              "seconds_per_slice": summary["seconds_per_slice"]}
@@ -279,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--acc", nargs="+", type=int, default=list(ACCELERATIONS))
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--heads", nargs="*", default=[], help="more test images (NIfTI, PNG/TIFF, .npy)")
+    parser.add_argument("--max-slices", type=int, default=0, help="the first K test slices only (0: all)")
     parser.add_argument("--out", default="results/bench_shift")
     parser.add_argument("--make-heads", action="store_true", help=f"write {HEADS} from --source and stop")
     parser.add_argument("--source", default=None, help="folder with the nilearn and dipy wheels (--make-heads)")
@@ -297,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"row {skipped} skipped: the bart binary is not installed (apt-get install bart)")
     heads = load_heads(args.heads)
     print(format_table([], args.methods))
-    entries = [e for row in rows for e in run_row(row, args.acc, args.methods, heads, args.out)]
+    entries = [e for row in rows for e in run_row(row, args.acc, args.methods, heads, args.out, args.max_slices)]
     table = format_table(entries, args.methods)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "table.md"), "w") as f:

@@ -39,7 +39,7 @@ def sense_residual(y: torch.Tensor, csm: torch.Tensor, mask: torch.Tensor, iters
 def noise_sigma(y: torch.Tensor, csm: torch.Tensor, mask: torch.Tensor, iters: int = NOISE_ITERS) -> torch.Tensor:
     """Per-sample complex noise std `σ̂` `[B]` of measured k-space `y` (module docstring)."""
     residual = sense_residual(y, csm, mask, iters)
-    measured = float(torch.broadcast_to(mask, y.shape[-2:]).gt(0).sum()) * y.shape[1]
+    measured = float(torch.broadcast_to(mask, y.shape)[0].gt(0).sum())
     unknowns = _support(csm).flatten(1).sum(dim=1)
     dof = (measured - unknowns).clamp_min(0)
     energy = residual.abs().square().flatten(1).sum(dim=1)
