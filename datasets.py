@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from utils.atomic import write_json
 from utils.augment import AUGMENT_KEYS, augment_acquisition, augment_slice
 from utils.common import derived_seed
 from utils.mri import crop_kspace, ifft2c, sense_adjoint, sense_forward
@@ -198,9 +199,7 @@ def _save_cache(path: Path, kspace_root: str, maps_root: str, files: dict) -> No
                "maps_root": os.path.abspath(maps_root), "files": files}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(payload, indent=1))
-        os.replace(tmp, path)
+        write_json(path, payload)
     except OSError as err:
         log.debug("could not write the slice index cache %s: %s", path, err)
 
