@@ -50,16 +50,15 @@ def sampling_schedule(config) -> tuple[int, float]:
     return int(config.model.num_scales), float(config.sampling.snr)
 
 
-def method_settings(config, **changes) -> Any:
-    """The frozen settings object of `sampling.method` (validated by its class): every field is the `sampling.*` key
-    of its name, except `steps` and `snr`, which come from `sampling_schedule`; `changes` replace fields (the tuner
-    tries values, the batch-size probe runs one step)."""
-    cls = METHODS.entry(config.sampling.method).settings
+def method_settings(config, method: str | None = None) -> Any:
+    """The frozen settings object of `method` (default `sampling.method`), validated by its class: every field is
+    the `sampling.*` key of its name, except `steps` and `snr`, which come from `sampling_schedule`."""
+    cls = METHODS.entry(method or config.sampling.method).settings
     steps, snr = sampling_schedule(config)
     schedule = {"steps": steps, "snr": snr}
     values = {f.name: schedule[f.name] if f.name in schedule else config.sampling[f.name]
               for f in dataclasses.fields(cls)}
-    return cls(**{**values, **changes})
+    return cls(**values)
 
 
 def mask_spec(config, group: str) -> MaskSpec:

@@ -52,8 +52,8 @@ def write_slice(out: str, fname: str, index: int, recon: np.ndarray, zero_filled
     with atomic_path(mat_path(out, fname, index)) as tmp, open(tmp, "wb") as f:
         scipy.io.savemat(f, images, do_compression=True)
     zf = {"psnr": row["zf_psnr"], "ssim": row["zf_ssim"]}
-    with atomic_path(os.path.join(out, f"{fname}_{index}.png")) as tmp:
-        save_panel(tmp, np.abs(zero_filled), np.abs(recon), np.abs(truth), zf, row, title, std)
+    save_panel(os.path.join(out, f"{fname}_{index}.png"), np.abs(zero_filled), np.abs(recon), np.abs(truth), zf, row,
+               title, std)
 
 
 def _read_mat(path: str) -> dict | None:
