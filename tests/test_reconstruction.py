@@ -12,7 +12,7 @@ import scipy.io
 import torch
 
 from configs.tiny import get_config
-from models import create_model
+from runners.build import create_model
 from models.ema import ExponentialMovingAverage
 from utils.checkpoints import save_checkpoint
 from runners.reconstruct import reconstruct

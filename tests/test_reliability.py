@@ -25,7 +25,7 @@ import torch
 import datasets
 import main
 from configs.tiny import get_config
-from models import create_model
+from runners.build import create_model
 from models.ema import ExponentialMovingAverage
 from runners import folders, outputs, reconstruct as recon_module
 from runners.reconstruct import data_residual, reconstruct
@@ -34,8 +34,10 @@ from runners.train import train
 from tests.conftest import np_fft2c
 from utils import checkpoints, figures, masks
 from runners.export import export
-from utils.checkpoints import config_record, save_checkpoint
+from runners.build import checkpoint_record
+from utils.checkpoints import save_checkpoint
 from utils.generate_mask import main as generate_main
+from runners import build
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -49,7 +51,7 @@ def _checkpoint(path: str, sde: str = "hfssde") -> str:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     save_checkpoint(path, {"model": model, "ema": ExponentialMovingAverage(model.parameters(), 0.99),
                            "optimizer": torch.optim.Adam(model.parameters()), "step": 5,
-                           "config": config_record(config)})
+                           "config": checkpoint_record(config)})
     return path
 
 
@@ -339,12 +341,12 @@ def test_mask_hint_command_works_and_never_replaces_a_shipped_mask(tmp_path, mon
     config.data.mask_root, config.data.image_size = root, 128
     config.sampling.mask_type, config.sampling.acc, config.sampling.acs = "cartesian", 8, 16
     with pytest.raises(ValueError, match="is 320×320 but data.image_size is 128") as err:
-        masks.get_mask(config, "sample")
+        build.sample_mask(config)
     command = shlex.split(str(err.value).split("`")[1])
     assert command[0] == "python"
     result = subprocess.run([sys.executable] + command[1:], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    got = masks.get_mask(config, "sample")[0, 0].numpy()
+    got = build.sample_mask(config)[0, 0].numpy()
     np.testing.assert_array_equal(got, masks.make_mask("cartesian", 128, acc=8, acs=16,
                                                        seed=config.sampling.mask_seed))
     assert os.path.exists(os.path.join(root, "128", "cartesian_acc8_acs16.mat")) and _digest(shipped) == before

@@ -17,13 +17,13 @@ import torch
 
 import main
 from configs.tiny import get_config
-from models import create_model
+from runners.build import create_model
 from models.ema import ExponentialMovingAverage
 from runners import outputs
 from runners.reconstruct import (CPU_BATCH_SIZE, _one_step, build_reconstructor, fit_batch_size, reconstruct,
                                  resolve_batch_size)
 from utils.checkpoints import save_checkpoint
-from utils.masks import get_mask
+from runners import build
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GIB = 2**30
@@ -149,7 +149,7 @@ def test_fit_batch_size_extrapolates_the_two_peaks():
 def test_the_memory_probe_runs_one_sampler_step(setup):
     config, _ = setup
     reconstruct_batch, _ = build_reconstructor(config, "unused")
-    mask = get_mask(config, "sample")
+    mask = build.sample_mask(config)
     maps = torch.randn(2, 3, 32, 32, dtype=torch.complex64)
     images, nfe = reconstruct_batch(mask * maps, maps, mask, [0, 1], run_config=_one_step(config))
     assert nfe == 2 and images.shape == (2, 1, 32, 32)  # one corrector and one predictor evaluation

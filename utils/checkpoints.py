@@ -87,8 +87,8 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
 def atomic_save(obj: Any, path: str) -> None:
     """`torch.save` atomically (`utils/atomic.atomic_path`), creating the folder if needed."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
 
 
 def read_checkpoint(path: str | os.PathLike, device: str | torch.device) -> dict[str, Any]:
