@@ -78,6 +78,11 @@ def lowfreq_mask(config) -> torch.Tensor:
     return get_mask(mask_spec(config, "training")).to(config.device)
 
 
+def sde_label(config) -> str:
+    """The label of `training.sde` (e.g. `HFS-SDE`)."""
+    return sde_lib.SDES.entry(str(config.training.sde).lower()).label
+
+
 def sde_params(config) -> dict:
     """`{"name": training.sde, ...}`: the numbers that define the SDE (for HFS-SDE its low-frequency mask spec)."""
     name = str(config.training.sde).lower()

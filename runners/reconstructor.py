@@ -93,11 +93,9 @@ class Reconstructor:
         self.label = self.entry.label
         self.description = self.method
         self.checkpoint = self.checkpoint_sha = ""
-        self.sde_label = ""
         if not self.diffusion:
             return
         self.sde = build.make_sde(config)
-        self.sde_label = build.sde_lib.SDES.entry(str(config.training.sde).lower()).label
         model = build.create_model(config)
         self.checkpoint = checkpoint_path(config, workdir)
         self.checkpoint_sha = file_digest(self.checkpoint)
@@ -107,7 +105,7 @@ class Reconstructor:
         bf16, compile_ = build.speed_options(config, "sampling")
         self.score_fn = get_score_fn(self.sde, torch.compile(model) if compile_ else model, train=False,
                                      continuous=config.training.continuous, bf16=bf16)
-        self.label = f"{self.sde_label} {self.entry.label}, {self.settings.steps} steps"
+        self.label = method_label(config)
         self.description = f"{self.method} with {self.checkpoint} (step {step})"
         _check_low_frequencies_measured(config, self.sde)
 
@@ -137,6 +135,15 @@ class Reconstructor:
                           seed=int(s.seed), save_samples=bool(s.save_samples))
             parts += [str(config.training.sde), f"N{self.settings.steps}"]
         return Identity("_".join(parts), jsonable(fields))
+
+
+def method_label(config) -> str:
+    """The method as a figure title: `HFS-SDE PC, 100 steps` for a diffusion sampler, `CG-SENSE` for a baseline
+    (labels from the registries)."""
+    entry = build.METHODS.entry(config.sampling.method)
+    if entry.kind != "diffusion":
+        return entry.label
+    return f"{build.sde_label(config)} {entry.label}, {build.sampling_schedule(config)[0]} steps"
 
 
 def _check_low_frequencies_measured(config, sde) -> None:

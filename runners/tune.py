@@ -185,7 +185,7 @@ class Tuner:
         apply_tuned(config)
         config.sampling.show_progress = False
         self.metric, self.axes = metric, list(axes) if axes is not None else search_axes(config)
-        self.fields = [key for key, _, _ in self.axes]
+        self.fields = ["snr" if key == "snr_accelerated" else key for key, _, _ in self.axes]
         self.keys = [snr_key(config) if key == "snr" else key for key in self.fields]  # columns: config keys
         self.reconstructor = Reconstructor(config, workdir)
         self.description = self.reconstructor.description

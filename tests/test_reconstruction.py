@@ -136,8 +136,12 @@ def test_cuda_speed_options_are_ignored_on_cpu(setup, caplog):
 def test_a_folder_of_another_setting_is_never_reused(setup):
     config, workdir = setup
     reconstruct(config, workdir)
-    config.sampling.batch_size, config.sampling.max_slices = 1, 2
+    config.sampling.batch_size, config.sampling.show_progress = 1, True  # they do not shape the result
     assert reconstruct(config, workdir)["n_slices"] == 4
+    config.sampling.max_slices = 2
+    with pytest.raises(ValueError, match=r"another setting \(differs in slices\)"):
+        reconstruct(config, workdir)
+    config.sampling.max_slices = 0
     config.sampling.snr_accelerated = 0.5
-    with pytest.raises(ValueError, match=r"another setting \(differs in sampling.snr_accelerated\)"):
+    with pytest.raises(ValueError, match=r"another setting \(differs in settings.snr\)"):
         reconstruct(config, workdir)

@@ -17,13 +17,12 @@ import torch
 
 import main
 from configs.tiny import get_config
-from runners.build import create_model
 from models.ema import ExponentialMovingAverage
-from runners import outputs
-from runners.reconstruct import (CPU_BATCH_SIZE, _one_step, build_reconstructor, fit_batch_size, reconstruct,
-                                 resolve_batch_size)
+from runners import build, outputs
+from runners.build import create_model
+from runners.reconstruct import CPU_BATCH_SIZE, fit_batch_size, one_step, reconstruct, resolve_batch_size
+from runners.reconstructor import Reconstructor
 from utils.checkpoints import save_checkpoint
-from runners import build
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GIB = 2**30
@@ -148,10 +147,10 @@ def test_fit_batch_size_extrapolates_the_two_peaks():
 
 def test_the_memory_probe_runs_one_sampler_step(setup):
     config, _ = setup
-    reconstruct_batch, _ = build_reconstructor(config, "unused")
+    reconstruct_batch = Reconstructor(config, "unused")
     mask = build.sample_mask(config)
     maps = torch.randn(2, 3, 32, 32, dtype=torch.complex64)
-    images, nfe = reconstruct_batch(mask * maps, maps, mask, [0, 1], run_config=_one_step(config))
+    images, nfe = reconstruct_batch(mask * maps, maps, mask, [0, 1], settings=one_step(reconstruct_batch.settings))
     assert nfe == 2 and images.shape == (2, 1, 32, 32)  # one corrector and one predictor evaluation
     assert config.sampling.N == 3 and reconstruct_batch(mask * maps, maps, mask, [0, 1])[1] == 6
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from configs.hfssde.phantom_demo import get_config as phantom_config
-from runners.reconstruct import apply_tuned
+from runners.reconstructor import apply_tuned
 from runners.tune import Tuner, coordinate_search
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
