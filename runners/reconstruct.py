@@ -118,12 +118,14 @@ def reconstruct_loader(config, reconstructor: Reconstructor, loader, mask, recor
                                 fname, index, row["residual"], row["zf_residual"], FLAG_FACTOR, FLAG_MARGIN)
 
 
-def summarize(config, rows: list[dict], volumes: list[dict], reconstructor: Reconstructor, identity) -> dict:
+def summarize(config, rows: list[dict], volumes: list[dict], reconstructor: Reconstructor, identity,
+              records_folder: str) -> dict:
     mean = lambda key: float(np.mean([r[key] for r in rows]))  # noqa: E731
     s = config.sampling
     summary = {"method": f"{config.training.sde}-{s.method}" if reconstructor.diffusion else s.method,
                "description": reconstructor.description, "mask": build.mask_spec(config, "sampling").name,
-               "datashift": datashift(config), "identity": identity.name, "n_slices": len(rows)}
+               "datashift": datashift(config), "identity": identity.name, "folder": records_folder,
+               "n_slices": len(rows)}
     for key in ("nmse", "psnr", "ssim", "nmse_published", "psnr_published", "ssim_published", "zf_nmse",
                 "zf_psnr", "zf_ssim", "residual", "zf_residual"):
         summary[key] = mean(key)
@@ -202,7 +204,7 @@ def _finish(config, records: outputs.SliceRecords, reconstructor: Reconstructor,
     rows = records.finished()
     if not rows:
         raise ValueError(f"no slices were reconstructed into {records.out}; check sampling.max_slices and the test set")
-    summary = summarize(config, rows, outputs.write_volumes(records.out, rows), reconstructor, identity)
+    summary = summarize(config, rows, outputs.write_volumes(records.out, rows), reconstructor, identity, records.out)
     outputs.write_json(os.path.join(records.out, "summary.json"), summary)
     return summary
 
@@ -243,8 +245,7 @@ def _reconstruct(config, workdir: str, ctx: Dist) -> dict:
                                mask, records)
         if ctx.world_size > 1:
             dist.barrier()
-        summary = from_rank0(ctx, lambda: _finish(config, records, reconstructor, identity))
-    return {**summary, "folder": out}
+        return from_rank0(ctx, lambda: _finish(config, records, reconstructor, identity))
 
 
 def reconstruct(config, workdir: str) -> dict:

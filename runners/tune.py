@@ -233,7 +233,7 @@ class Tuner:
     def search(self) -> dict:
         """Run the search (module docstring); returns the best settings with their scores and the folder."""
         settings = self.reconstructor.settings
-        start = tuple(_snap(getattr(settings, field), grid) for field, grid, _ in self.axes)
+        start = tuple(_snap(getattr(settings, field), grid) for field, (_, grid, _) in zip(self.fields, self.axes))
         point, _ = coordinate_search(self.objective, self.axes, start)
         best = dict(zip(self.keys, self.values(point)))
         row = self.trials.get(tuple(best.values()))
