@@ -7,9 +7,9 @@ A dataset is a folder of k-space files and a folder of coil-sensitivity files wi
 
 The maps have the k-space matrix (`h, w = H, W`) or are already cropped (`data.image_size ≤ h ≤ H`, same for w);
 `data_prepare/generate_smaps_fastMRI.py` writes them. Each item is one slice, centre-cropped in the image domain to
-`data.image_size` and normalised as in DESIGN §3. The index (slices per file, read from the `.h5` shapes) is
-cached in `$XDG_CACHE_HOME/hfs-sde/slice_index/` (default `~/.cache/...`), keyed by each file's size and
-modification time, so a changed or added file is re-read and nothing is written into the data folders.
+`data.image_size` and normalised (docs/ARCHITECTURE.md, "The mathematics"). The index (slices per file, read from
+the `.h5` shapes) is cached in `$XDG_CACHE_HOME/hfs-sde/slice_index/` (default `~/.cache/...`), keyed by each
+file's size and modification time, so a changed or added file is re-read and nothing is written into the data folders.
 """
 from __future__ import annotations
 
@@ -75,7 +75,7 @@ def _rescale01(x: torch.Tensor) -> torch.Tensor:
 
 
 def normalize_kspace(kspace: torch.Tensor, maps: torch.Tensor, normalize_type: str, coeff: float) -> torch.Tensor:
-    """Normalise one slice of multi-coil k-space as the published code does (DESIGN §3).
+    """Normalise one slice of multi-coil k-space as the published code does (`normalize_type`: std, img_std or minmax).
 
     Args:
         kspace: complex centred k-space `[C, H, W]`.

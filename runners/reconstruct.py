@@ -1,9 +1,9 @@
 """`main.py --mode sample`: reconstruct a test set with a diffusion sampler or a classical baseline, score it and
 write the results.
 
-Outputs, in one folder per result identity (`sampling.output_dir`, or `<workdir>/<sampling.folder>/samples/<prefix>_<hash>`,
-runners/identity.py: the prefix names test set, mask, method, SDE and steps; the hash covers every setting, the
-checkpoint's content, the data files and the slices):
+Outputs, in one folder per result identity (`sampling.output_dir`, or
+`<workdir>/<sampling.folder>/samples/<prefix>_<hash>`, runners/identity.py: the prefix names test set, mask,
+method, SDE and steps; the hash covers every setting, the checkpoint's content, the data files and the slices):
     recon_<file>_<slice>.mat   keys recon, zero_filled, ground_truth (complex [H, W]) — one per slice
     <file>_<slice>.png         zero-filled | reconstruction (titled with SDE, sampler and steps) | ground truth |
                                |error| with its scale; the images scored, PSNR/SSIM (fastMRI convention) in the titles

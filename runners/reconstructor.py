@@ -36,7 +36,8 @@ def datashift(config) -> str:
 
 
 def apply_tuned(config) -> None:
-    """Set the values of `sampling.tuned` (a `best.json` of `main.py --mode tune`) into `config.sampling`; no-op when empty."""
+    """Set the values of `sampling.tuned` (a `best.json` of `main.py --mode tune`) into `config.sampling`; no-op when
+    empty."""
     path = config.sampling.tuned
     if not path:
         return

@@ -68,7 +68,8 @@ def test_checker_finds_every_kind_of_use():
     assert config_uses("import ml_collections\n", "x.py") == ["x.py:1 imports ml_collections"]
     assert config_uses("g = lambda config: 1\n", "x.py") == ["x.py:1 lambda takes config"]
     # A from_config constructor must say what it reads; a bare one counts.
-    documented = 'class A:\n    @classmethod\n    def from_config(cls, config):\n        """Doc."""\n        return config\n'
+    documented = ('class A:\n    @classmethod\n    def from_config(cls, config):\n        """Doc."""\n'
+                  '        return config\n')
     assert config_uses(documented, "x.py") == []
     bare = "class A:\n    @classmethod\n    def from_config(cls, config):\n        return config\n"
     assert len(config_uses(bare, "x.py")) == 2

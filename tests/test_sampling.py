@@ -1,4 +1,5 @@
-"""Sampler steps against an independent float64 numpy version of DESIGN.md §3, and sampler invariants."""
+"""Sampler steps against an independent float64 numpy version of the formulas in docs/ARCHITECTURE.md, and sampler
+invariants."""
 import math
 
 import numpy as np
@@ -183,9 +184,11 @@ def test_batch_equals_single_runs(name, predictor):
     sde = build.make_sde(config)
     x, csm, mask, y, _, _ = problem(5, batch=3)
     _, csmt, maskt, yt = torchify(x, csm, mask, y)
-    batch, _ = sampling.pc_sampler(torch_score, sde, yt, csmt, maskt, build.method_settings(config, "pc"), sampling.SampleNoise([7, 8, 9], "cpu"))
+    batch, _ = sampling.pc_sampler(torch_score, sde, yt, csmt, maskt, build.method_settings(config, "pc"),
+                                   sampling.SampleNoise([7, 8, 9], "cpu"))
     for i, seed in enumerate([7, 8, 9]):
-        single, _ = sampling.pc_sampler(torch_score, sde, yt[i:i + 1], csmt[i:i + 1], maskt, build.method_settings(config, "pc"), sampling.SampleNoise([seed], "cpu"))
+        single, _ = sampling.pc_sampler(torch_score, sde, yt[i:i + 1], csmt[i:i + 1], maskt,
+                                        build.method_settings(config, "pc"), sampling.SampleNoise([seed], "cpu"))
         assert rel_err(batch[i:i + 1].numpy(), single.numpy()) < 1e-4
 
 
@@ -228,7 +231,8 @@ def test_data_consistency_recovers_what_the_prior_lacks(name):
     csmt, maskt = torch.from_numpy(csm)[None], torch.from_numpy(mask)
     yt = mri.sense_forward(torch.from_numpy(truth.astype(np.complex64))[None, None], csmt, maskt)
     mu = mri.c2r(torch.from_numpy(outline.astype(np.complex64))[None, None])
-    out, _ = sampling.pc_sampler(gaussian_prior_score(sde, mu, 0.1), sde, yt, csmt, maskt, build.method_settings(config, "pc"), sampling.SampleNoise([0], "cpu"))
+    out, _ = sampling.pc_sampler(gaussian_prior_score(sde, mu, 0.1), sde, yt, csmt, maskt,
+                                 build.method_settings(config, "pc"), sampling.SampleNoise([0], "cpu"))
     recon = mri.r2c(out)[0, 0].numpy()
     zero_filled = mri.sense_adjoint(yt, csmt, maskt)[0, 0].numpy()
     assert psnr(truth, recon) >= psnr(truth, zero_filled) + 2.5
@@ -240,8 +244,10 @@ def test_ode_sampler_runs_and_is_deterministic_given_the_start():
     sde = build.make_sde(config)
     x, csm, mask, y, _, _ = problem(6)
     _, csmt, maskt, yt = torchify(x, csm, mask, y)
-    a, nfe = sampling.ode_sampler(torch_score, sde, yt, csmt, maskt, build.method_settings(config, "ode"), sampling.SampleNoise([1, 2], "cpu"))
-    b, _ = sampling.ode_sampler(torch_score, sde, yt, csmt, maskt, build.method_settings(config, "ode"), sampling.SampleNoise([1, 2], "cpu"))
+    a, nfe = sampling.ode_sampler(torch_score, sde, yt, csmt, maskt, build.method_settings(config, "ode"),
+                                  sampling.SampleNoise([1, 2], "cpu"))
+    b, _ = sampling.ode_sampler(torch_score, sde, yt, csmt, maskt, build.method_settings(config, "ode"),
+                                sampling.SampleNoise([1, 2], "cpu"))
     assert torch.isfinite(a).all() and torch.equal(a, b) and nfe == 6
 
 
@@ -255,7 +261,8 @@ def test_ode_drift_vanishes_for_standard_normal_data(name):
     x, csm, mask, y, _, _ = problem(10)
     _, csmt, maskt, yt = torchify(x, csm, mask, y)
     start = sampling.initial_state(sde, yt, csmt, sampling.SampleNoise([3, 4], "cpu"))
-    out, _ = sampling.ode_sampler(lambda x_, t_: -sde.project(x_), sde, yt, csmt, maskt, build.method_settings(config, "ode"), sampling.SampleNoise([3, 4], "cpu"))
+    out, _ = sampling.ode_sampler(lambda x_, t_: -sde.project(x_), sde, yt, csmt, maskt, build.method_settings(config,
+                                  "ode"), sampling.SampleNoise([3, 4], "cpu"))
     torch.testing.assert_close(out, start, rtol=0, atol=1e-5)
 
 
@@ -268,7 +275,8 @@ def test_ode_integrates_the_vp_drift_from_one_to_eps():
     x, csm, mask, y, _, _ = problem(11)
     _, csmt, maskt, yt = torchify(x, csm, mask, y)
     start = sampling.initial_state(sde, yt, csmt, sampling.SampleNoise([5, 6], "cpu"))
-    out, _ = sampling.ode_sampler(lambda x_, t_: torch.zeros_like(x_), sde, yt, csmt, maskt, build.method_settings(config, "ode"), sampling.SampleNoise([5, 6], "cpu"))
+    out, _ = sampling.ode_sampler(lambda x_, t_: torch.zeros_like(x_), sde, yt, csmt, maskt,
+                                  build.method_settings(config, "ode"), sampling.SampleNoise([5, 6], "cpu"))
     eps = config.sampling.eps
     growth = math.exp(0.25 * (1 - eps ** 2) * (B1 - B0) + 0.5 * (1 - eps) * B0)  # e^{c(ε) − c(1)}, about 156
     torch.testing.assert_close(out, start * growth, rtol=2e-2, atol=0)
@@ -281,7 +289,9 @@ def test_unknown_predictor_and_corrector():
     _, csmt, maskt, yt = torchify(x, csm, mask, y)
     config.sampling.predictor = "heun"
     with pytest.raises(ValueError, match="unknown predictor 'heun'; choose one of"):
-        sampling.pc_sampler(torch_score, sde, yt, csmt, maskt, build.method_settings(config, "pc"), sampling.SampleNoise([0, 1], "cpu"))
+        sampling.pc_sampler(torch_score, sde, yt, csmt, maskt, build.method_settings(config, "pc"),
+                            sampling.SampleNoise([0, 1], "cpu"))
     config.sampling.predictor, config.sampling.corrector = "euler_maruyama", "ald"
     with pytest.raises(ValueError, match="unknown corrector 'ald'"):
-        sampling.pc_sampler(torch_score, sde, yt, csmt, maskt, build.method_settings(config, "pc"), sampling.SampleNoise([0, 1], "cpu"))
+        sampling.pc_sampler(torch_score, sde, yt, csmt, maskt, build.method_settings(config, "pc"),
+                            sampling.SampleNoise([0, 1], "cpu"))

@@ -1,4 +1,4 @@
-"""SDEs against float64 numpy formulas (DESIGN.md §3) and HFS-SDE invariants."""
+"""SDEs against float64 numpy formulas (docs/ARCHITECTURE.md, "The mathematics") and HFS-SDE invariants."""
 import math
 
 import numpy as np
