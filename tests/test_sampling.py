@@ -239,16 +239,73 @@ def test_data_consistency_recovers_what_the_prior_lacks(name):
     assert psnr(truth, recon) >= psnr(truth, outline) + 5
 
 
-def test_ode_sampler_runs_and_is_deterministic_given_the_start():
-    config = sampler_config()
+def noise_draws(seeds, shape, count):
+    """The first `count` draws of `shape` that `SampleNoise(seeds)` gives, as float64 numpy arrays."""
+    noise = sampling.SampleNoise(seeds, "cpu")
+    return [noise(shape).double().numpy() for _ in range(count)]
+
+
+def test_ode_sampler_matches_numpy_euler_steps():
+    """Three Euler steps of `x ← x + (f − ½g²(s − d))·dt` on the grid `linspace(1, eps, 4)`, HFS-SDE, against numpy."""
+    config = sampler_config(steps=3)
     sde = build.make_sde(config)
     x, csm, mask, y, _, _ = problem(6)
     _, csmt, maskt, yt = torchify(x, csm, mask, y)
-    a, nfe = sampling.ode_sampler(torch_score, sde, yt, csmt, maskt, build.method_settings(config, "ode"),
-                                  sampling.SampleNoise([1, 2], "cpu"))
-    b, _ = sampling.ode_sampler(torch_score, sde, yt, csmt, maskt, build.method_settings(config, "ode"),
-                                sampling.SampleNoise([1, 2], "cpu"))
-    assert torch.isfinite(a).all() and torch.equal(a, b) and nfe == 6
+    lf = sde.lowfreq_mask[0, 0].double().numpy()
+    out, nfe = sampling.ode_sampler(torch_score, sde, yt, csmt, maskt, build.method_settings(config, "ode"),
+                                    sampling.SampleNoise([1, 2], "cpu"))
+    z = noise_draws([1, 2], (2, 2, H, W), 1)[0]
+    xs = to_r(np.sum(np.conj(csm) * np_ifft2c(lf * y), 1)) + np_hp(z, lf)  # measured low frequencies + M̂z
+    grid = np.linspace(1.0, config.sampling.eps, 4)
+    for i in range(3):
+        t = np.full(2, grid[i])
+        s = np_score(xs, t)
+        d = np_dc(xs, y, csm, mask, s, config.sampling.mse)
+        xs = xs + (-0.5 * np_beta(t) * np_hp(xs, lf) - 0.5 * np_beta(t) * (s - d)) * (grid[i + 1] - grid[i])
+    assert nfe == 3 and rel_err(out.double().numpy(), xs) < 1e-4
+
+
+@pytest.mark.parametrize("name", ["hfssde", "vpsde"])
+def test_reverse_diffusion_step_matches_numpy(name):
+    """The ancestral step `x̄ = x − (f_i − G_i²(s − d))`, `x = x̄ + G_i·P z` with `f_i = (√α_i − 1)·Px`,
+    `G_i = √β_i` of the discrete schedule at `i = ⌊t(N − 1)⌋`."""
+    sde = build.make_sde(get_config(name))
+    x, csm, mask, y, noise, t = problem(8)
+    lf = make_mask("low_frequency", H, acs=4).astype(np.float64)
+    xt, csmt, maskt, yt, noiset, tt = torchify(x, csm, mask, y, noise, t)
+    aty = mri.sense_adjoint(yt, csmt, maskt)
+    got, got_mean = sampling.reverse_diffusion_step(sde, torch_score, xt, tt, aty, csmt, maskt, weight=0.7,
+                                                    noise=noiset, num_steps=100)
+    hfs = name == "hfssde"
+    project = (lambda v: np_hp(v, lf)) if hfs else (lambda v: v)
+    i = (tt.double().numpy() * (N - 1)).astype(int)
+    beta = np.linspace(B0 / N, B1 / N, N)[i][:, None, None, None]
+    s = np_score(x, tt.double().numpy())
+    d = np_dc(x, y, csm, mask, s, 0.7)
+    want_mean = x - ((np.sqrt(1 - beta) - 1) * project(x) - beta * (s - d))
+    want = want_mean + np.sqrt(beta) * project(noise)
+    assert rel_err(got_mean.numpy(), want_mean) < 1e-5 and rel_err(got.numpy(), want) < 1e-5
+
+
+@pytest.mark.parametrize("noise_removal", [True, False])
+def test_n_steps_each_and_noise_removal_match_numpy(noise_removal):
+    """One step of two Langevin corrections, then the Euler–Maruyama predictor: the result is the predictor's `x̄`
+    (`noise_removal`) or its noisy `x`; noise is drawn start, correction, correction, predictor."""
+    config = sampler_config(steps=1)
+    config.sampling.n_steps_each, config.sampling.noise_removal = 2, noise_removal
+    sde = build.make_sde(config)
+    x, csm, mask, y, _, _ = problem(9)
+    _, csmt, maskt, yt = torchify(x, csm, mask, y)
+    lf = sde.lowfreq_mask[0, 0].double().numpy()
+    settings = build.method_settings(config, "pc")
+    out, nfe = sampling.pc_sampler(torch_score, sde, yt, csmt, maskt, settings, sampling.SampleNoise([3, 4], "cpu"))
+    z0, z1, z2, z3 = noise_draws([3, 4], (2, 2, H, W), 4)
+    xs = to_r(np.sum(np.conj(csm) * np_ifft2c(lf * y), 1)) + np_hp(z0, lf)
+    t = np.ones(2)
+    for z in (z1, z2):
+        xs, _ = np_langevin(xs, t, y, csm, mask, lf, z, settings.snr, settings.corrector_mse, True)
+    xs, xs_mean = np_euler_maruyama(xs, t, y, csm, mask, lf, z3, settings.mse, 1, True)
+    assert nfe == 3 and rel_err(out.double().numpy(), xs_mean if noise_removal else xs) < 1e-4
 
 
 @pytest.mark.parametrize("name", ["hfssde", "vpsde"])
