@@ -161,7 +161,7 @@ def test_object_support_is_the_filled_region_above_two_percent_of_the_maximum():
 
 def test_score_slice_flags_a_residual_far_above_zero_filled():
     rng = np.random.default_rng(0)
-    truth = rng.random((8, 8))
+    truth = rng.random((16, 16))
     row = score_slice(truth + 0.01, truth + 0.1, truth, residual=0.3, zf_residual=0.1)
     assert row["flagged"] == 1 and row["psnr"] > row["zf_psnr"] and "std_rank_corr" not in row
     assert score_slice(truth, truth, truth, residual=0.25, zf_residual=0.1)["flagged"] == 0
