@@ -1,6 +1,7 @@
 """Classical reconstructions in the same harness as the diffusion samplers (`sampling.method`).
 
-Every method has the signature `fn(y, csm, mask, config) -> x`:
+Every method has the signature `fn(y, csm, mask, settings) -> x`, `settings` its frozen settings object (fields named
+like the `sampling.*` keys they come from; `BASELINES` registers each method with its label and settings class):
     y     complex masked multi-coil k-space `[B, C, H, W]` (complex64), centred as in `utils.mri`;
     csm   complex coil sensitivities `[B, C, H, W]`;
     mask  real sampling mask broadcastable to `[B, 1, H, W]` (1 = sampled), e.g. `[1, 1, H, W]`;
@@ -8,18 +9,18 @@ Every method has the signature `fn(y, csm, mask, config) -> x`:
 The forward model is `A x = M ⊙ F(S ⊙ x)` of `utils.mri.sense_forward`.
 
     zero_filled  `Aᴴ y`, the coil-combined zero-filled image.
-    sense        CG-SENSE: `sampling.cg_iters` conjugate-gradient iterations on `AᴴA x = Aᴴ y` from `x = 0`
+    sense        CG-SENSE: `cg_iters` conjugate-gradient iterations on `AᴴA x = Aᴴ y` from `x = 0`
                  (early stopping is the only regularisation), batched, in torch on the tensors' device.
-    l1wavelet    `argmin_x ½‖A x − y‖² + λ‖Ψ x‖₁` (Daubechies-4 wavelets Ψ, λ = `sampling.l1_lambda`,
-                 `sampling.l1_iters` accelerated proximal-gradient iterations) by sigpy's `L1WaveletRecon`, slice by
+    l1wavelet    `argmin_x ½‖A x − y‖² + λ‖Ψ x‖₁` (Daubechies-4 wavelets Ψ, λ = `l1_lambda`,
+                 `l1_iters` accelerated proximal-gradient iterations) by sigpy's `L1WaveletRecon`, slice by
                  slice on the CPU; deterministic. λ is in the units of the data, so it depends on the k-space
                  normalisation.
 """
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import dataclass
+from typing import Any, Callable
 
-import ml_collections
 import numpy as np
 import torch
 from sigpy.mri.app import L1WaveletRecon
@@ -27,8 +28,37 @@ from sigpy.mri.app import L1WaveletRecon
 from utils.common import Registry
 from utils.mri import conjugate_gradient, sense_adjoint, sense_normal
 
-Baseline = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, ml_collections.ConfigDict], torch.Tensor]
+Baseline = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Any], torch.Tensor]
 BASELINES: Registry[Baseline] = Registry("baseline method")
+
+
+@dataclass(frozen=True)
+class ZeroFilledSettings:
+    """The zero-filled image has no settings."""
+
+
+@dataclass(frozen=True)
+class SenseSettings:
+    """CG-SENSE: `cg_iters` conjugate-gradient iterations (at least 1)."""
+
+    cg_iters: int
+
+    def __post_init__(self):
+        if self.cg_iters < 1:
+            raise ValueError(f"sampling.cg_iters must be a positive number of CG iterations, got {self.cg_iters}")
+
+
+@dataclass(frozen=True)
+class L1WaveletSettings:
+    """ℓ1-wavelet: the weight `l1_lambda` (≥ 0) and `l1_iters` proximal-gradient iterations (≥ 1)."""
+
+    l1_lambda: float
+    l1_iters: int
+
+    def __post_init__(self):
+        if self.l1_lambda < 0 or self.l1_iters < 1:
+            raise ValueError(f"sampling.l1_lambda must be ≥ 0 and sampling.l1_iters ≥ 1, got {self.l1_lambda} and "
+                             f"{self.l1_iters}")
 
 
 def _check_inputs(y: torch.Tensor, csm: torch.Tensor, mask: torch.Tensor) -> None:
@@ -47,24 +77,21 @@ def _check_inputs(y: torch.Tensor, csm: torch.Tensor, mask: torch.Tensor) -> Non
                          f"{(height, width)}; build the mask for this matrix size (shape [H, W] or [1, 1, H, W])")
 
 
-@BASELINES.register("zero_filled")
+@BASELINES.register("zero_filled", label="zero-filled", kind="baseline", settings=ZeroFilledSettings)
 @torch.no_grad()
 def zero_filled(y: torch.Tensor, csm: torch.Tensor, mask: torch.Tensor,
-                config: ml_collections.ConfigDict) -> torch.Tensor:
-    """Zero-filled coil-combined image `Aᴴ y`: complex `[B, 1, H, W]` (`config` is not used)."""
+                settings: ZeroFilledSettings) -> torch.Tensor:
+    """Zero-filled coil-combined image `Aᴴ y`: complex `[B, 1, H, W]`."""
     _check_inputs(y, csm, mask)
     return sense_adjoint(y, csm, mask)
 
 
-@BASELINES.register("sense")
+@BASELINES.register("sense", label="CG-SENSE", kind="baseline", settings=SenseSettings)
 @torch.no_grad()
-def sense(y: torch.Tensor, csm: torch.Tensor, mask: torch.Tensor,
-          config: ml_collections.ConfigDict) -> torch.Tensor:
-    """CG-SENSE: `config.sampling.cg_iters` CG iterations on `AᴴA x = Aᴴ y`; complex `[B, 1, H, W]`."""
+def sense(y: torch.Tensor, csm: torch.Tensor, mask: torch.Tensor, settings: SenseSettings) -> torch.Tensor:
+    """CG-SENSE: `settings.cg_iters` CG iterations on `AᴴA x = Aᴴ y`; complex `[B, 1, H, W]`."""
     _check_inputs(y, csm, mask)
-    num_iters = config.sampling.cg_iters
-    if num_iters < 1:
-        raise ValueError(f"sampling.cg_iters must be a positive number of CG iterations, got {num_iters}")
+    num_iters = settings.cg_iters
     mask = mask.to(y.device)
 
     def normal_op(x: torch.Tensor) -> torch.Tensor:
@@ -73,19 +100,16 @@ def sense(y: torch.Tensor, csm: torch.Tensor, mask: torch.Tensor,
     return conjugate_gradient(normal_op, sense_adjoint(y, csm, mask), num_iters)
 
 
-@BASELINES.register("l1wavelet")
+@BASELINES.register("l1wavelet", label="ℓ1-wavelet", kind="baseline", settings=L1WaveletSettings)
 @torch.no_grad()
-def l1wavelet(y: torch.Tensor, csm: torch.Tensor, mask: torch.Tensor,
-              config: ml_collections.ConfigDict) -> torch.Tensor:
+def l1wavelet(y: torch.Tensor, csm: torch.Tensor, mask: torch.Tensor, settings: L1WaveletSettings) -> torch.Tensor:
     """ℓ1-wavelet compressed sensing (sigpy `L1WaveletRecon`), one slice at a time on the CPU.
 
-    Uses `config.sampling.l1_lambda` (λ) and `config.sampling.l1_iters` (iterations); returns complex
-    `[B, 1, H, W]` on the device and in the dtype of `y`.
+    Uses `settings.l1_lambda` (λ) and `settings.l1_iters` (iterations); returns complex `[B, 1, H, W]` on the
+    device and in the dtype of `y`.
     """
     _check_inputs(y, csm, mask)
-    lamda, num_iters = config.sampling.l1_lambda, config.sampling.l1_iters
-    if lamda < 0 or num_iters < 1:
-        raise ValueError(f"sampling.l1_lambda must be ≥ 0 and sampling.l1_iters ≥ 1, got {lamda} and {num_iters}")
+    lamda, num_iters = settings.l1_lambda, settings.l1_iters
     masks = torch.broadcast_to(mask, (y.shape[0], 1) + tuple(y.shape[-2:]))
     images = []
     for k, c, m in zip(y.cpu().numpy(), csm.cpu().numpy(), masks[:, 0].cpu().numpy()):

@@ -7,9 +7,9 @@ A dataset is a folder of k-space files and a folder of coil-sensitivity files wi
 
 The maps have the k-space matrix (`h, w = H, W`) or are already cropped (`data.image_size ≤ h ≤ H`, same for w);
 `data_prepare/generate_smaps_fastMRI.py` writes them. Each item is one slice, centre-cropped in the image domain to
-`data.image_size` and normalised as in DESIGN §3. The index (slices per file, read from the `.h5` shapes) is
-cached in `$XDG_CACHE_HOME/hfs-sde/slice_index/` (default `~/.cache/...`), keyed by each file's size and
-modification time, so a changed or added file is re-read and nothing is written into the data folders.
+`data.image_size` and normalised (docs/ARCHITECTURE.md, "The mathematics"). The index (slices per file, read from
+the `.h5` shapes) is cached in `$XDG_CACHE_HOME/hfs-sde/slice_index/` (default `~/.cache/...`), keyed by each
+file's size and modification time, so a changed or added file is re-read and nothing is written into the data folders.
 """
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from utils.atomic import write_json
 from utils.augment import AUGMENT_KEYS, augment_acquisition, augment_slice
 from utils.common import derived_seed
 from utils.mri import crop_kspace, ifft2c, sense_adjoint, sense_forward
@@ -74,7 +75,7 @@ def _rescale01(x: torch.Tensor) -> torch.Tensor:
 
 
 def normalize_kspace(kspace: torch.Tensor, maps: torch.Tensor, normalize_type: str, coeff: float) -> torch.Tensor:
-    """Normalise one slice of multi-coil k-space as the published code does (DESIGN §3).
+    """Normalise one slice of multi-coil k-space as the published code does (`normalize_type`: std, img_std or minmax).
 
     Args:
         kspace: complex centred k-space `[C, H, W]`.
@@ -198,9 +199,7 @@ def _save_cache(path: Path, kspace_root: str, maps_root: str, files: dict) -> No
                "maps_root": os.path.abspath(maps_root), "files": files}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(payload, indent=1))
-        os.replace(tmp, path)
+        write_json(path, payload)
     except OSError as err:
         log.debug("could not write the slice index cache %s: %s", path, err)
 

@@ -1,6 +1,6 @@
 """Optimiser, denoising score-matching loss and the one-step train/eval function.
 
-The continuous score-matching loss (DESIGN.md §3), with `t ~ U(eps, 1)`, `z ~ N(0, I)` and `P` the SDE's noise
+The continuous score-matching loss, with `t ~ U(eps, 1)`, `z ~ N(0, I)` and `P` the SDE's noise
 projection (`M̂` for HFS-SDE, identity otherwise):
 
     x_t = mean(x_0, t) + std(t)·P z
@@ -14,9 +14,11 @@ from __future__ import annotations
 import torch
 
 from models import get_score_fn
-from utils.common import append_dims
+from utils.common import Registry, append_dims
 
-OPTIMIZERS = {"Adam": torch.optim.Adam, "AdamW": torch.optim.AdamW}
+OPTIMIZERS: Registry[type[torch.optim.Optimizer]] = Registry("optim.optimizer")
+OPTIMIZERS.register("Adam", label="Adam")(torch.optim.Adam)
+OPTIMIZERS.register("AdamW", label="AdamW")(torch.optim.AdamW)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -31,18 +33,14 @@ def _finite_everywhere(loss: torch.Tensor) -> bool:
     return bool(finite)
 
 
-def get_optimizer(config, params) -> torch.optim.Optimizer:
-    """The optimiser named by `optim.optimizer` (Adam as published, or AdamW)."""
-    name = config.optim.optimizer
-    if name not in OPTIMIZERS:
-        raise ValueError(f"unknown optim.optimizer {name!r}; choose one of {sorted(OPTIMIZERS)}")
-    return OPTIMIZERS[name](params, lr=config.optim.lr, betas=(config.optim.beta1, 0.999), eps=config.optim.eps,
-                            weight_decay=config.optim.weight_decay)
+def get_optimizer(name: str, params, lr: float, beta1: float, eps: float, weight_decay: float) -> torch.optim.Optimizer:
+    """The optimiser `name` of `OPTIMIZERS` (Adam as published, or AdamW) with `betas = (beta1, 0.999)`."""
+    return OPTIMIZERS.get(name)(params, lr=lr, betas=(beta1, 0.999), eps=eps, weight_decay=weight_decay)
 
 
-def optimization_manager(config):
-    """`optimize_fn(optimizer, params, step) -> grad norm`: linear warm-up, gradient clipping, optimiser step."""
-    lr, warmup, grad_clip = config.optim.lr, config.optim.warmup, config.optim.grad_clip
+def optimization_manager(lr: float, warmup: int, grad_clip: float):
+    """`optimize_fn(optimizer, params, step) -> grad norm`: linear warm-up over `warmup` steps to `lr`, gradient
+    clipping at norm `grad_clip` (none when negative), optimiser step."""
 
     def optimize_fn(optimizer, params, step: int) -> torch.Tensor:
         if warmup > 0:

@@ -1,4 +1,5 @@
-"""Predictor–corrector reconstruction of undersampled multi-coil k-space (DESIGN.md §3).
+"""Diffusion reconstruction of undersampled multi-coil k-space: predictor/corrector steps, the PC, ODE and DDIM
+samplers, data consistency, posterior-sample noise.
 
 A sampler step is a small function of `(sde, score_fn, x, t, aty, csm, mask, ..., noise)` that returns
 `(x, x_mean)`; shapes: `x` real `[B, 2, H, W]`, `t` `[B]`, `aty` the adjoint `Aᴴy` of the measured multi-coil
@@ -6,10 +7,15 @@ k-space `y` as a complex image `[B, 1, H, W]` (the sampler computes it once per 
 `[B, C, H, W]`, `mask` real broadcastable to `[H, W]`, `noise` standard normal like `x` (the step projects it onto
 high-frequency space for HFS-SDE). Data consistency is a term composed into each step:
 
-    d = Aᴴ(A x − y),   d ← d / ‖d‖ · ‖s‖ · w        (norms per sample; w = sampling.mse or sampling.corrector_mse)
+    d = Aᴴ(A x − y),   d ← d / ‖d‖ · ‖s‖ · w        (norms per sample; w = `mse` or `corrector_mse`)
 
 with `s` the score used in that update. Names follow `sde_lib`: `f` and `g` are the drift and diffusion
 coefficient, `s` is the score.
+
+A sampler is a function `(score_fn, sde, y, maps, mask, settings, noise) -> (x [B, 2, H, W], nfe)` of its frozen
+settings object (`PCSettings`, `ODESettings`, `DDIMSettings`, whose fields carry the names of the `sampling.*`
+config keys they come from); `SAMPLERS` registers each with its label and settings class. Nothing here reads a
+config: the runners resolve it (`runners/build.py`).
 
 Noise-aware data consistency (`sampling.noise_aware`, `Measurements`): measured samples carry noise, and fitting
 them exactly through the ill-conditioned SENSE inverse amplifies it into a grain over the image. The noise level
@@ -28,6 +34,8 @@ step's iteration count. The final `final_dc='cg'` step (λ = `sampling.dc_lambda
 fits the data down to the noise level and no further (Morozov's discrepancy principle).
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from tqdm.auto import trange
@@ -105,10 +113,10 @@ class Measurements:
         return c2r(image + correction)
 
 
-def measurements(config, y, csm, mask) -> Measurements:
-    """`Measurements` of a batch with the config's `sampling.noise_aware`, `dc_scale`, `discrepancy`."""
-    c = config.sampling
-    return Measurements(y, csm, mask, noise_aware=c.noise_aware, dc_scale=c.dc_scale, discrepancy=c.discrepancy)
+def measurements(settings: "Clean", y, csm, mask) -> Measurements:
+    """`Measurements` of a batch with the settings' `noise_aware`, `dc_scale` and `discrepancy`."""
+    return Measurements(y, csm, mask, noise_aware=settings.noise_aware, dc_scale=settings.dc_scale,
+                        discrepancy=settings.discrepancy)
 
 
 @CORRECTORS.register("langevin")
@@ -168,14 +176,6 @@ def no_predictor_step(sde, score_fn, x, t, aty, csm, mask, *, weight, noise, num
     return x, x
 
 
-def sampling_schedule(config) -> tuple[int, float]:
-    """`(steps, snr)`: `sampling.N` and `sampling.snr_accelerated` with accelerated sampling, else
-    `model.num_scales` (the SDE's N) and `sampling.snr`."""
-    if config.sampling.accelerated_sampling:
-        return config.sampling.N, config.sampling.snr_accelerated
-    return config.model.num_scales, config.sampling.snr
-
-
 class SampleNoise:
     """Standard normal noise drawn per sample from its own generator, so a slice's reconstruction does not
     depend on which other slices share its batch (batch of 3 == 3 runs of 1)."""
@@ -233,6 +233,88 @@ def check_final_dc(mode: str) -> None:
         raise ValueError(f"unknown sampling.final_dc {mode!r}; choose one of {list(FINAL_DC)}")
 
 
+@dataclass(frozen=True, kw_only=True)
+class Clean:
+    """The data-consistency and clean-image options every sampler takes, each named like its `sampling.*` key:
+    `noise_aware` data consistency with `dc_scale` (ζ) and `discrepancy` (τ) (`Measurements`, module docstring);
+    `support_mask` keeps the image on the coil-map support (also after every step); `final_dc` is `none`,
+    `replace` or `cg` (`final_data_consistency`, with `dc_lambda` and `cg_iters`)."""
+
+    noise_aware: bool
+    dc_scale: float
+    discrepancy: float
+    support_mask: bool
+    final_dc: str
+    dc_lambda: float
+    cg_iters: int
+
+    def __post_init__(self):
+        check_final_dc(self.final_dc)
+        if self.final_dc == "cg" and (self.dc_lambda <= 0 or self.cg_iters < 1):
+            raise ValueError(f"sampling.final_dc='cg' needs sampling.dc_lambda > 0 and sampling.cg_iters >= 1, got "
+                             f"{self.dc_lambda} and {self.cg_iters}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SamplerSettings(Clean):
+    """What every sampler takes: `steps` sampling steps with `t` from 1 down to `eps` (`sampling.N` with accelerated
+    sampling, else `model.num_scales`; `sampling.eps`), and the clean-image options."""
+
+    steps: int
+    eps: float
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.steps < 1:
+            raise ValueError(f"the sampler needs at least one step (sampling.N / model.num_scales), got {self.steps}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PCSettings(SamplerSettings):
+    """Settings of `pc_sampler`: `predictor`/`corrector` names (`PREDICTORS`, `CORRECTORS`), the corrector's `snr`
+    (`sampling.snr`, or `sampling.snr_accelerated` with accelerated sampling) and `n_steps_each`, the
+    data-consistency weights `mse` (predictor) and `corrector_mse`, `project_score` (project the predictor's
+    score), `noise_removal` (the result is the last noise-free `x̄`) and `denoise` (one Tweedie step at the end)."""
+
+    predictor: str
+    corrector: str
+    snr: float
+    n_steps_each: int
+    mse: float
+    corrector_mse: float
+    project_score: bool
+    noise_removal: bool
+    denoise: bool
+
+    def __post_init__(self):
+        super().__post_init__()
+        PREDICTORS.get(self.predictor)
+        CORRECTORS.get(self.corrector)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ODESettings(SamplerSettings):
+    """Settings of `ode_sampler`: the data-consistency weight `mse` and `denoise` (one Tweedie step at the end)."""
+
+    mse: float
+    denoise: bool
+
+
+@dataclass(frozen=True, kw_only=True)
+class DDIMSettings(SamplerSettings):
+    """Settings of `ddim_sampler`: `eta` (0 deterministic, 1 ancestral) and the per-step data consistency,
+    `dc_iters` conjugate-gradient steps of the λ-regularised fit (λ = `dc_lambda`)."""
+
+    eta: float
+    dc_iters: int
+
+    def __post_init__(self):
+        super().__post_init__()
+        if (self.dc_lambda <= 0 and not self.noise_aware) or self.dc_iters < 1:
+            raise ValueError(f"the DDIM sampler needs sampling.dc_lambda > 0 (or sampling.noise_aware) and "
+                             f"sampling.dc_iters >= 1, got {self.dc_lambda} and {self.dc_iters}")
+
+
 def final_data_consistency(x, data: Measurements, mode: str, lamda, iters: int) -> torch.Tensor:
     """Make a reconstruction `x` (real `[B, 2, H, W]`) agree with the measured k-space `data`.
 
@@ -253,82 +335,82 @@ def final_data_consistency(x, data: Measurements, mode: str, lamda, iters: int) 
     return data.solve(x, lamda, iters)
 
 
-def finish(config, sde, score_fn, x, t, data: Measurements) -> torch.Tensor:
+def finish(settings: PCSettings | ODESettings, sde, score_fn, x, t, data: Measurements) -> torch.Tensor:
     """The clean-image options applied to a sampler's result `x` at its last time `t` (`[B]`), in this order:
 
-    `sampling.denoise`: one more score evaluation, `x ← x + σ(t)² P s(x, t)` (Tweedie's denoiser at the last
-    noise level); `sampling.support_mask`: `x ← x · 1[Σ|S|² > 0]`; `sampling.final_dc` (`final_data_consistency`).
+    `denoise`: one more score evaluation, `x ← x + σ(t)² P s(x, t)` (Tweedie's denoiser at the last noise level);
+    then `clean`.
     """
-    if config.sampling.denoise:
+    if settings.denoise:
         x = x + append_dims(sde.marginal_std(t), x.ndim) ** 2 * sde.project(score_fn(x, t))
-    return clean(config, x, data)
+    return clean(settings, x, data)
 
 
-def clean(config, x, data: Measurements) -> torch.Tensor:
-    """`sampling.support_mask`, then `sampling.final_dc` (`final_data_consistency`, λ = `sampling.dc_lambda`,
-    `sampling.cg_iters` steps; with noise-aware data CG stops at the discrepancy level) on a result `x`."""
-    c = config.sampling
-    if c.support_mask:
+def clean(settings: Clean, x, data: Measurements) -> torch.Tensor:
+    """`support_mask` (`x ← x · 1[Σ|S|² > 0]`), then `final_dc` (`final_data_consistency`, λ = `dc_lambda`,
+    `cg_iters` steps; with noise-aware data CG stops at the discrepancy level) on a result `x`."""
+    if settings.support_mask:
         x = x * support(data.csm).repeat(1, 2, 1, 1)
-    if c.final_dc == "cg" and not (c.dc_lambda > 0 and c.cg_iters >= 1):
-        raise ValueError(f"sampling.final_dc='cg' needs sampling.dc_lambda > 0 and sampling.cg_iters >= 1, got "
-                         f"{c.dc_lambda} and {c.cg_iters}")
-    return final_data_consistency(x, data, c.final_dc, c.dc_lambda, c.cg_iters)
+    return final_data_consistency(x, data, settings.final_dc, settings.dc_lambda, settings.cg_iters)
 
 
+SAMPLERS = Registry("diffusion sampler")
+
+
+@SAMPLERS.register("pc", label="PC", kind="diffusion", settings=PCSettings)
 @torch.no_grad()
-def pc_sampler(config, sde, score_fn, y, csm, mask, noise, show_progress: bool = False):
+def pc_sampler(score_fn, sde, y, csm, mask, settings: PCSettings, noise, show_progress: bool = False):
     """Predictor–corrector reconstruction; returns `(x [B, 2, H, W], nfe)`.
 
-    `t` runs from 1 to `sampling.eps` in the sampling schedule's steps; each step applies the corrector
-    (`sampling.n_steps_each` times), then the predictor, and with `sampling.support_mask` keeps `x` on the coil-map
-    support. The result is the last `x̄` (`sampling.noise_removal`), passed through `finish`.
+    `t` runs from 1 to `eps` in `steps` steps; each step applies the corrector (`n_steps_each` times), then the
+    predictor, and with `support_mask` keeps `x` on the coil-map support. The result is the last `x̄`
+    (`noise_removal`), passed through `finish`.
     """
-    c = config.sampling
+    c = settings
     predictor, corrector = PREDICTORS.get(c.predictor), CORRECTORS.get(c.corrector)
-    steps, snr = sampling_schedule(config)
     counted = CountedScore(score_fn)
     x = initial_state(sde, y, csm, noise)
-    data = measurements(config, y, csm, mask)
+    data = measurements(c, y, csm, mask)
     aty, csm = data.aty, data.csm
     inside = support(csm).repeat(1, 2, 1, 1) if c.support_mask else None
     x_mean = x
-    timesteps = torch.linspace(sde.T, c.eps, steps, device=x.device)
-    for i in trange(steps, disable=not show_progress, desc="PC sampling", leave=False):
+    timesteps = torch.linspace(sde.T, c.eps, c.steps, device=x.device)
+    for i in trange(c.steps, disable=not show_progress, desc="PC sampling", leave=False):
         t = timesteps[i].expand(x.shape[0])
         for _ in range(c.n_steps_each):
-            x, x_mean = corrector(sde, counted, x, t, aty, csm, mask, snr=snr, weight=c.corrector_mse,
+            x, x_mean = corrector(sde, counted, x, t, aty, csm, mask, snr=c.snr, weight=c.corrector_mse,
                                   noise=noise(x.shape))
         x, x_mean = predictor(sde, counted, x, t, aty, csm, mask, weight=c.mse, noise=noise(x.shape),
-                              num_steps=steps, project_score=c.project_score)
+                              num_steps=c.steps, project_score=c.project_score)
         if inside is not None:
             x, x_mean = x * inside, x_mean * inside
-    x = finish(config, sde, counted, x_mean if c.noise_removal else x, t, data)
+    x = finish(c, sde, counted, x_mean if c.noise_removal else x, t, data)
     return x, counted.nfe
 
 
+@SAMPLERS.register("ode", label="ODE", kind="diffusion", settings=ODESettings)
 @torch.no_grad()
-def ode_sampler(config, sde, score_fn, y, csm, mask, noise, show_progress: bool = False):
-    """Probability-flow ODE with data consistency, integrated by Euler steps from 1 to `sampling.eps`.
+def ode_sampler(score_fn, sde, y, csm, mask, settings: ODESettings, noise, show_progress: bool = False):
+    """Probability-flow ODE with data consistency, integrated by `steps` Euler steps from 1 to `eps`.
 
     `x ← x + (f − ½g²(s − d))·dt`; the only randomness is the initial state. The result passes through `finish`.
     Returns `(x, nfe)`.
     """
-    steps, _ = sampling_schedule(config)
+    c = settings
     counted = CountedScore(score_fn)
     x = initial_state(sde, y, csm, noise)
-    data = measurements(config, y, csm, mask)
+    data = measurements(c, y, csm, mask)
     aty, csm = data.aty, data.csm
     flow = sde.reverse(counted, probability_flow=True)
-    timesteps = torch.linspace(sde.T, config.sampling.eps, steps + 1, device=x.device)
-    for i in trange(steps, disable=not show_progress, desc="ODE sampling", leave=False):
+    timesteps = torch.linspace(sde.T, c.eps, c.steps + 1, device=x.device)
+    for i in trange(c.steps, disable=not show_progress, desc="ODE sampling", leave=False):
         t = timesteps[i].expand(x.shape[0])
         dt = timesteps[i + 1] - timesteps[i]
         s = counted(x, t)
-        d = data_consistency(x, aty, csm, mask, s, config.sampling.mse)
+        d = data_consistency(x, aty, csm, mask, s, c.mse)
         drift, _ = flow.sde(x, t, score=s - d)
         x = x + drift * dt
-    x = finish(config, sde, counted, x, timesteps[-1].expand(x.shape[0]), data)
+    x = finish(c, sde, counted, x, timesteps[-1].expand(x.shape[0]), data)
     return x, counted.nfe
 
 
@@ -339,31 +421,31 @@ def denoised(sde, x, t, score) -> torch.Tensor:
     return mean + append_dims(1.0 / sde.mean_scale(t) - 1.0, x.ndim) * sde.project(mean)
 
 
+@SAMPLERS.register("ddim", label="DDIM", kind="diffusion", settings=DDIMSettings)
 @torch.no_grad()
-def ddim_sampler(config, sde, score_fn, y, csm, mask, noise, show_progress: bool = False):
+def ddim_sampler(score_fn, sde, y, csm, mask, settings: DDIMSettings, noise, show_progress: bool = False):
     """Denoising-diffusion implicit steps in the SDE's diffusing subspace, with data consistency on the denoised
     estimate (as in decomposed diffusion sampling); one network evaluation per step. Returns `(x, nfe)`.
 
-    For `t → t'` on the sampling schedule's grid from 1 to `sampling.eps`: `s = P score(x, t)`;
-    `x̂₀ = denoised(x, t, s)` (times the coil-map support with `sampling.support_mask`), then at most
-    `sampling.dc_iters` conjugate-gradient steps of `argmin ‖A x − y‖² + λ‖x − x̂₀‖²` (λ = `sampling.dc_lambda`,
-    or with `sampling.noise_aware` `λ_t = ζ σ̂²/σ̄_t²` and the discrepancy stop, module docstring); `ε̂ = −σ s`; `x ← mean(x̂₀, t') + √(σ'² − c²)·ε̂ + c·P z` with
-    `c = η σ' √(1 − a²σ'²/(a'²σ²))` (η = `sampling.eta`: 0 deterministic, 1 ancestral). The result is the last
-    `x̂₀` (already denoised: `sampling.denoise` does not apply), passed through `clean`.
+    For `t → t'` on the grid of `steps` times from 1 to `eps`: `s = P score(x, t)`; `x̂₀ = denoised(x, t, s)` (times
+    the coil-map support with `support_mask`), then at most `dc_iters` conjugate-gradient steps of
+    `argmin ‖A x − y‖² + λ‖x − x̂₀‖²` (λ = `dc_lambda`, or with `noise_aware` `λ_t = ζ σ̂²/σ̄_t²` and the
+    discrepancy stop, module docstring); `ε̂ = −σ s`; `x ← mean(x̂₀, t') + √(σ'² − c²)·ε̂ + c·P z` with
+    `c = η σ' √(1 − a²σ'²/(a'²σ²))` (η = `eta`: 0 deterministic, 1 ancestral). The result is the last `x̂₀`
+    (already denoised), passed through `clean`.
     """
-    c = config.sampling
-    steps, _ = sampling_schedule(config)
+    c = settings
     counted = CountedScore(score_fn)
     x = initial_state(sde, y, csm, noise)
-    data = measurements(config, y, csm, mask)
+    data = measurements(c, y, csm, mask)
     inside = support(data.csm).repeat(1, 2, 1, 1) if c.support_mask else 1.0
-    timesteps = torch.linspace(sde.T, c.eps, steps, device=x.device)
-    for i in trange(steps, disable=not show_progress, desc="DDIM sampling", leave=False):
+    timesteps = torch.linspace(sde.T, c.eps, c.steps, device=x.device)
+    for i in trange(c.steps, disable=not show_progress, desc="DDIM sampling", leave=False):
         t = timesteps[i].expand(x.shape[0])
         s = sde.project(counted(x, t))
         lamda = c.dc_lambda if data.sigma is None else data.noise_lambda(sde, t)
         x0 = data.solve(denoised(sde, x, t, s) * inside, lamda, c.dc_iters)
-        if i == steps - 1:
+        if i == c.steps - 1:
             break
         t_next = timesteps[i + 1].expand(x.shape[0])
         std, std_next = sde.marginal_std(t), sde.marginal_std(t_next)
@@ -372,7 +454,4 @@ def ddim_sampler(config, sde, score_fn, y, csm, mask, noise, show_progress: bool
         eps_hat = -append_dims(std, x.ndim) * s
         x = (sde.marginal_mean(x0, t_next) + append_dims(torch.sqrt(std_next ** 2 - spread ** 2), x.ndim) * eps_hat
              + append_dims(spread, x.ndim) * sde.project(noise(x.shape)))
-    return clean(config, x0, data), counted.nfe
-
-
-SAMPLERS = {"pc": pc_sampler, "ode": ode_sampler, "ddim": ddim_sampler}
+    return clean(c, x0, data), counted.nfe

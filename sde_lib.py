@@ -3,7 +3,8 @@
 All act on real 2-channel images `x` `[B, 2, H, W]` with diffusion times `t` `[B]` in (0, 1]. `sde(x, t)` gives
 the forward drift `[B, 2, H, W]` and diffusion `[B]`; `marginal_prob(x, t)` the mean of `x_t | x_0` and its
 std `[B]`; `project(z)` maps standard normal noise onto the space the SDE diffuses in (identity, or the
-high-pass projector `M̂` for HFS-SDE). Formulas: DESIGN.md §3.
+high-pass projector `M̂` for HFS-SDE). The SDEs are built from numbers (`SDES` registers each with its label; the
+runners read the config, `runners/build.py`). Formulas: docs/ARCHITECTURE.md, "The mathematics".
 """
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ import math
 
 import torch
 
-from utils.common import append_dims
-from utils.masks import get_mask
+from utils.common import Registry, append_dims
 from utils.mri import kspace_filter
+
+SDES = Registry("training.sde")
 
 
 class SDE(abc.ABC):
@@ -129,11 +131,9 @@ class _BetaSchedule(SDE):
         return self.alphas.to(t.device)[self._timestep(t)]
 
 
+@SDES.register("vpsde", label="VP-SDE")
 class VPSDE(_BetaSchedule):
     """Variance-preserving SDE: drift `−½β(t)x`, diffusion `√β(t)`."""
-
-    def __init__(self, config):
-        super().__init__(config.model.beta_min, config.model.beta_max, config.model.num_scales)
 
     def sde(self, x, t):
         beta = self.beta(t)
@@ -150,11 +150,9 @@ class VPSDE(_BetaSchedule):
         return append_dims(torch.sqrt(alpha) - 1.0, x.ndim) * x, torch.sqrt(beta)
 
 
+@SDES.register("subvpsde", label="subVP-SDE")
 class subVPSDE(_BetaSchedule):
     """Sub-VP SDE (Song et al. 2021): drift `−½β(t)x`, diffusion `√(β(t)(1 − e^{−2β₀t − (β₁−β₀)t²}))`."""
-
-    def __init__(self, config):
-        super().__init__(config.model.beta_min, config.model.beta_max, config.model.num_scales)
 
     def sde(self, x, t):
         beta = self.beta(t)
@@ -168,12 +166,13 @@ class subVPSDE(_BetaSchedule):
         return -torch.expm1(2.0 * self.log_mean_coeff(t))
 
 
+@SDES.register("vesde", label="VE-SDE")
 class VESDE(SDE):
     """Variance-exploding SDE: `σ(t) = σ_min(σ_max/σ_min)^t`, drift 0, diffusion `σ(t)√(2 ln(σ_max/σ_min))`."""
 
-    def __init__(self, config):
-        super().__init__(config.model.num_scales)
-        self.sigma_min, self.sigma_max = config.model.sigma_min, config.model.sigma_max
+    def __init__(self, sigma_min: float, sigma_max: float, num_scales: int):
+        super().__init__(num_scales)
+        self.sigma_min, self.sigma_max = sigma_min, sigma_max
         self.prior_std = self.sigma_max
         self.discrete_sigmas = torch.exp(
             torch.linspace(math.log(self.sigma_min), math.log(self.sigma_max), self.N))
@@ -197,19 +196,23 @@ class VESDE(SDE):
         return torch.zeros_like(x), torch.sqrt(sigma ** 2 - previous ** 2)
 
 
+@SDES.register("hfssde", label="HFS-SDE")
 class HFS_SDE(_BetaSchedule):
     """High-frequency-space SDE: VP diffusion restricted to k-space outside the low-frequency mask `M_lf`.
 
     With the high-pass projector `M̂x = F⁻¹((1 − M_lf) ⊙ F x)`: drift `−½β(t)M̂x`, diffusion `√β(t)` acting on
     `M̂z`; mean `x + (e^{c(t)} − 1)M̂x` (low frequencies stay exactly `x`), std `√(1 − e^{2c(t)})`.
+    `lowfreq_mask` is `M_lf`, a real `[1, 1, H, W]` (or `[H, W]`) tensor of 0/1 (`training.mask_type/acc/acs`);
+    `mean_equal="equal"` replaces `e^{c}` by `(1 + c/10⁶)^{10⁶}` (`training.mean_equal`).
     """
 
-    def __init__(self, config):
-        super().__init__(config.model.beta_min, config.model.beta_max, config.model.num_scales)
-        self.mean_equal = config.training.mean_equal
+    def __init__(self, beta_min: float, beta_max: float, num_scales: int, lowfreq_mask: torch.Tensor,
+                 mean_equal: str = "noequal"):
+        super().__init__(beta_min, beta_max, num_scales)
+        self.mean_equal = mean_equal
         if self.mean_equal not in ("equal", "noequal"):
             raise ValueError(f"training.mean_equal must be 'equal' or 'noequal', got {self.mean_equal!r}")
-        self.lowfreq_mask = get_mask(config, "sde")
+        self.lowfreq_mask = lowfreq_mask.reshape(1, 1, *lowfreq_mask.shape[-2:]).float()
         self.highfreq_mask = 1.0 - self.lowfreq_mask
 
     def high_pass(self, x: torch.Tensor) -> torch.Tensor:
@@ -249,14 +252,3 @@ class HFS_SDE(_BetaSchedule):
         beta = self.discrete_betas.to(x.device)[i]
         alpha = self.alphas.to(x.device)[i]
         return append_dims(torch.sqrt(alpha) - 1.0, x.ndim) * self.high_pass(x), torch.sqrt(beta)
-
-
-SDES = {"vpsde": VPSDE, "subvpsde": subVPSDE, "vesde": VESDE, "hfssde": HFS_SDE}
-
-
-def get_sde(config) -> SDE:
-    """The forward SDE named by `training.sde` (hfssde, vpsde, vesde, subvpsde)."""
-    name = config.training.sde.lower()
-    if name not in SDES:
-        raise ValueError(f"unknown training.sde {config.training.sde!r}; choose one of {sorted(SDES)}")
-    return SDES[name](config)

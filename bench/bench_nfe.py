@@ -23,14 +23,14 @@ from runners.demo import SETS  # noqa: E402
 from runners.reconstruct import reconstruct  # noqa: E402
 from utils.figures import save_curves  # noqa: E402
 
-SAMPLERS = {"pc": (25, 100), "ddim": (10, 25, 50)}
+STEP_COUNTS = {"pc": (25, 100), "ddim": (10, 25, 50)}  # sampler -> sampling.N values measured
 
 
 def measure(name: str, accelerations, out: str, slices: int) -> list[dict]:
     factory = SETS[name][0]
     rows = []
     for acc in accelerations:
-        for method, step_counts in SAMPLERS.items():
+        for method, step_counts in STEP_COUNTS.items():
             for steps in step_counts:
                 config = factory()
                 config.sampling.method, config.sampling.N, config.sampling.acc = method, steps, acc

@@ -19,11 +19,10 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import sampling  # noqa: E402
-import sde_lib  # noqa: E402
 from configs.hfssde.ddpm_continuous import get_config as paper_config  # noqa: E402
 from configs.tiny import get_config as tiny_config  # noqa: E402
-from models import create_model, get_score_fn  # noqa: E402
-from utils.masks import get_mask  # noqa: E402
+from models import get_score_fn  # noqa: E402
+from runners import build  # noqa: E402
 from utils.mri import sense_adjoint  # noqa: E402
 
 
@@ -45,11 +44,11 @@ def timed(fn, device: str, repeats: int) -> float:
 
 def measure(config, batch: int, coils: int, repeats: int) -> dict:
     device = config.device
-    sde = sde_lib.get_sde(config)
-    model = create_model(config).eval()
+    sde = build.make_sde(config)
+    model = build.create_model(config).eval()
     score_fn = get_score_fn(sde, model, train=False)
     h = config.data.image_size
-    mask = get_mask(config, "sample")
+    mask = build.sample_mask(config)
     csm = torch.randn(batch, coils, h, h, dtype=torch.complex64, device=device)
     csm = csm / torch.sqrt((csm.abs() ** 2).sum(1, keepdim=True))
     y = mask * torch.randn(batch, coils, h, h, dtype=torch.complex64, device=device)
@@ -58,7 +57,7 @@ def measure(config, batch: int, coils: int, repeats: int) -> dict:
     aty = sense_adjoint(y, csm, mask)
     t = torch.full((batch,), 0.5, device=device)
     s = config.sampling
-    steps, snr = sampling.sampling_schedule(config)
+    steps, snr = build.sampling_schedule(config)
     predictor, corrector = sampling.PREDICTORS.get(s.predictor), sampling.CORRECTORS.get(s.corrector)
 
     def forward():

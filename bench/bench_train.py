@@ -28,11 +28,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 import losses  # noqa: E402
-import models  # noqa: E402
-import sde_lib  # noqa: E402
 from configs.hfssde.ddpm_continuous import get_config as paper_config  # noqa: E402
 from configs.tiny import get_config as tiny_config  # noqa: E402
 from models.ema import ExponentialMovingAverage  # noqa: E402
+from runners import build  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = {"paper": (paper_config, 1), "tiny": (tiny_config, 2)}  # name -> (config factory, batch size)
@@ -65,15 +64,15 @@ def make_config(name: str, device: str, mode: str, batch_size: int = 0):
 def time_step(config, warmup: int, steps: int) -> float:
     """Seconds per training step of `config` on a fixed random batch."""
     device, t = torch.device(config.device), config.training
-    model = models.create_model(config)
+    model = build.create_model(config)
     if t.channels_last:
         model = model.to(memory_format=torch.channels_last)
     train_model = torch.compile(model) if t.compile else model
-    sde = sde_lib.get_sde(config)
-    optimizer = losses.get_optimizer(config, train_model.parameters())
+    sde = build.make_sde(config)
+    optimizer = build.make_optimizer(config, train_model.parameters())
     ema = ExponentialMovingAverage(train_model.parameters(), decay=config.model.ema_rate)
     state = dict(model=train_model, optimizer=optimizer, ema=ema, step=0)
-    step_fn = losses.get_step_fn(sde, True, losses.optimization_manager(config), t.reduce_mean, t.continuous,
+    step_fn = losses.get_step_fn(sde, True, build.make_optimize_fn(config), t.reduce_mean, t.continuous,
                                  t.likelihood_weighting, t.eps, t.bf16)
     size = config.data.image_size
     x = torch.randn(t.batch_size, 2, size, size, device=device)

@@ -14,6 +14,7 @@ import h5py
 import numpy as np
 import torch
 
+from utils.atomic import atomic_path
 from utils.mri import ifft2c, rss
 
 
@@ -57,16 +58,10 @@ def ismrmrd_header(matrix: tuple[int, int], recon: tuple[int, int], num_coils: i
 
 @contextlib.contextmanager
 def _atomic_h5(path: str) -> Iterator[h5py.File]:
-    """Open `<path>.partial` for writing and rename it to `path` once written without error."""
+    """An `.h5` file opened for writing that replaces `path` once written without error (`utils/atomic.py`)."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    partial = path + ".partial"
-    try:
-        with h5py.File(partial, "w") as f:
-            yield f
-        os.replace(partial, path)
-    finally:
-        if os.path.exists(partial):
-            os.remove(partial)
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        yield f
 
 
 def _store(f: h5py.File, key: str, data: np.ndarray, compress: bool) -> None:

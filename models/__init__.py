@@ -1,4 +1,7 @@
-"""Score networks: the model registry, `create_model`, and the wrappers that turn a network into a score function.
+"""Score networks: the model registry and the wrappers that turn a network into a score function.
+
+Each registered network class is built from keyword arguments and offers `from_config(config)` for the published
+call (the runners use it, `runners/build.py`).
 
 Continuous training (`training.continuous=True`, as in every published experiment): the network is conditioned
 on the marginal std of the SDE at time `t` (σ(t) for VE-SDE) and its output *is* the score — there is no division
@@ -19,12 +22,6 @@ MODELS: Registry[type[nn.Module]] = Registry("model")
 from models import ddpm  # noqa: E402,F401
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def create_model(config) -> nn.Module:
-    """Build the network named by `config.model.name` on `config.device` (no DataParallel wrapper)."""
-    model = MODELS.get(config.model.name)(config)
-    return model.to(config.device)
 
 
 def get_model_fn(model: nn.Module, train: bool = False) -> ModelFn:

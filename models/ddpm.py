@@ -22,16 +22,14 @@ from models.normalization import NUM_GROUPS, get_normalization
 from utils.common import append_dims
 
 
-def get_sigmas(config) -> torch.Tensor:
-    """The SMLD noise levels `[num_scales]`, from `model.sigma_max` down to `model.sigma_min` (geometric)."""
-    log_sigmas = torch.linspace(math.log(config.model.sigma_max), math.log(config.model.sigma_min),
-                                config.model.num_scales, dtype=torch.float64)
+def get_sigmas(sigma_min: float, sigma_max: float, num_scales: int) -> torch.Tensor:
+    """The SMLD noise levels `[num_scales]`, from `sigma_max` down to `sigma_min` (geometric)."""
+    log_sigmas = torch.linspace(math.log(sigma_max), math.log(sigma_min), num_scales, dtype=torch.float64)
     return torch.exp(log_sigmas).float()
 
 
-def _check_config(config) -> None:
+def _check_shape(nf: int, ch_mult: tuple[int, ...], size: int) -> None:
     """Reject model settings the DDPM network cannot be built with, naming the key to change."""
-    nf, ch_mult, size = config.model.nf, tuple(config.model.ch_mult), config.data.image_size
     if nf % NUM_GROUPS:
         raise ValueError(f"model.nf={nf}: the DDPM network normalises with {NUM_GROUPS}-group GroupNorm, "
                          f"so model.nf must be a multiple of {NUM_GROUPS}")
@@ -47,9 +45,10 @@ def _check_config(config) -> None:
 class DDPM(nn.Module):
     """Time-conditional score network `s(x, σ)`: `[B, C, H, W]`, labels `[B]` → score `[B, C, H, W]`.
 
-    Config keys: `model.{nf, ch_mult, num_res_blocks, attn_resolutions, dropout, resamp_with_conv, conditional,
-    nonlinearity, normalization, scale_by_sigma, sigma_min, sigma_max, num_scales}`,
-    `data.{image_size, num_channels, centered}`.
+    Built from keyword arguments named like their config keys: `model.{nf, ch_mult, num_res_blocks,
+    attn_resolutions, dropout, resamp_with_conv, conditional, nonlinearity, normalization, scale_by_sigma,
+    sigma_min, sigma_max, num_scales}` and `data.{image_size, num_channels, centered}`; `DDPM.from_config(config)`
+    reads them from a config.
 
     Faithful to the published code:
       * `data.centered=False` (the published fastMRI setting) feeds the network `2x − 1`, the [0, 1] → [−1, 1]
@@ -65,28 +64,41 @@ class DDPM(nn.Module):
         (score_sde kept them; HFS-SDE's code fails to build).
     """
 
-    def __init__(self, config):
+    CONFIG_KEYS = {"model": ("nf", "ch_mult", "num_res_blocks", "attn_resolutions", "dropout", "resamp_with_conv",
+                             "conditional", "nonlinearity", "normalization", "scale_by_sigma", "sigma_min",
+                             "sigma_max", "num_scales"),
+                   "data": ("image_size", "num_channels", "centered")}
+
+    @classmethod
+    def from_config(cls, config) -> "DDPM":
+        """The network of `config` (the keys of `CONFIG_KEYS`): the published constructor call."""
+        return cls(**{key: config[group][key] for group, keys in cls.CONFIG_KEYS.items() for key in keys})
+
+    def __init__(self, *, nf: int, ch_mult, num_res_blocks: int, attn_resolutions, dropout: float,
+                 resamp_with_conv: bool, conditional: bool, nonlinearity: str, normalization: str,
+                 scale_by_sigma: bool, sigma_min: float, sigma_max: float, num_scales: int, image_size: int,
+                 num_channels: int, centered: bool):
         super().__init__()
-        _check_config(config)
-        self.register_buffer("sigmas", get_sigmas(config))
-        self.act = act = get_act(config)
-        norm = get_normalization(config)
-        self.nf = nf = config.model.nf
-        ch_mult = tuple(config.model.ch_mult)
-        self.num_res_blocks = num_res_blocks = config.model.num_res_blocks
+        ch_mult = tuple(ch_mult)
+        _check_shape(nf, ch_mult, image_size)
+        self.register_buffer("sigmas", get_sigmas(sigma_min, sigma_max, num_scales))
+        self.act = act = get_act(nonlinearity)
+        norm = get_normalization(normalization)
+        self.nf = nf
+        self.num_res_blocks = num_res_blocks
         self.num_resolutions = num_resolutions = len(ch_mult)
-        self.all_resolutions = [config.data.image_size // 2 ** i for i in range(num_resolutions)]
-        self.attn_levels = [res in tuple(config.model.attn_resolutions) for res in self.all_resolutions]
-        self.conditional = config.model.conditional
-        self.centered = config.data.centered
-        self.scale_by_sigma = config.model.scale_by_sigma
-        with_conv = config.model.resamp_with_conv
-        channels = config.data.num_channels
+        self.all_resolutions = [image_size // 2 ** i for i in range(num_resolutions)]
+        self.attn_levels = [res in tuple(attn_resolutions) for res in self.all_resolutions]
+        self.conditional = conditional
+        self.centered = centered
+        self.scale_by_sigma = scale_by_sigma
+        with_conv = resamp_with_conv
+        channels = num_channels
 
         temb_dim = 4 * nf if self.conditional else None
 
         def resnet(in_ch: int, out_ch: int | None = None) -> ResnetBlockDDPM:
-            return ResnetBlockDDPM(act, in_ch, out_ch, temb_dim=temb_dim, dropout=config.model.dropout, norm=norm)
+            return ResnetBlockDDPM(act, in_ch, out_ch, temb_dim=temb_dim, dropout=dropout, norm=norm)
 
         modules: list[nn.Module] = []
         if self.conditional:

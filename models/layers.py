@@ -28,12 +28,11 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
 }
 
 
-def get_act(config) -> nn.Module:
-    """The activation named by `config.model.nonlinearity` (swish, elu, relu, lrelu)."""
-    name = config.model.nonlinearity.lower()
+def get_act(nonlinearity: str) -> nn.Module:
+    """The activation named `nonlinearity` (`model.nonlinearity`: swish, elu, relu, lrelu)."""
+    name = nonlinearity.lower()
     if name not in ACTIVATIONS:
-        raise ValueError(f"model.nonlinearity={config.model.nonlinearity!r} is unknown; "
-                         f"choose one of {sorted(ACTIVATIONS)}")
+        raise ValueError(f"model.nonlinearity={nonlinearity!r} is unknown; choose one of {sorted(ACTIVATIONS)}")
     return ACTIVATIONS[name]()
 
 

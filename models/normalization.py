@@ -20,9 +20,8 @@ def group_norm(num_channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(num_groups=NUM_GROUPS, num_channels=num_channels, eps=EPS)
 
 
-def get_normalization(config) -> Callable[[int], nn.Module]:
-    """The normalisation layer factory named by `config.model.normalization` (only "GroupNorm" for DDPM)."""
-    name = config.model.normalization
+def get_normalization(name: str) -> Callable[[int], nn.Module]:
+    """The normalisation layer factory named `name` (`model.normalization`; only "GroupNorm" for DDPM)."""
     if name.lower() != "groupnorm":
         raise ValueError(f"model.normalization={name!r} is not supported by the DDPM network; use 'GroupNorm'")
     return group_norm

@@ -14,7 +14,6 @@ method with the usual reconstruction outputs (runners/reconstruct.py), `table.md
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -27,7 +26,9 @@ from configs.hfssde.brain_demo import get_config as hfs_brain
 from configs.hfssde.phantom_demo import get_config as hfs_phantom
 from configs.vp.brain_demo import get_config as vp_brain
 from configs.vp.phantom_demo import get_config as vp_phantom
+from runners.build import is_diffusion
 from runners.reconstruct import reconstruct
+from utils.atomic import atomic_path, write_json
 from utils.figures import save_comparison
 
 # set -> (HFS-SDE config, VP-SDE config, accelerations)
@@ -45,8 +46,8 @@ def demo_config(factory, overrides: dict, acc: int, out: str, fast: bool, slices
         config.sampling[key] = value
     config.sampling.acc = acc
     config.sampling.show_progress = False
-    name = config.sampling.method if config.sampling.method not in ("pc", "ddim") else (
-        f"{config.training.sde}_{config.sampling.method}_K{config.sampling.num_samples}")
+    name = (f"{config.training.sde}_{config.sampling.method}_K{config.sampling.num_samples}"
+            if is_diffusion(config.sampling.method) else config.sampling.method)
     config.sampling.output_dir = os.path.join(out, f"acc{acc}", name)
     config.sampling.max_slices = slices
     if fast:
@@ -60,7 +61,7 @@ def run(name: str, out: str, fast: bool, slices: int) -> list[dict]:
     for acc in accelerations:
         for label, which, overrides in METHODS:
             config = demo_config(hfs if which == "hfs" else vp, overrides, acc, out, fast, slices)
-            if config.sampling.method in ("pc", "ddim") and not os.path.isfile(config.sampling.checkpoint):
+            if is_diffusion(config.sampling.method) and not os.path.isfile(config.sampling.checkpoint):
                 logging.warning("%s skipped: no demo weights at %s (train them with the commands in demo/README.md)",
                                 label, config.sampling.checkpoint)
                 continue
@@ -114,10 +115,9 @@ def main(argv=None) -> int:
         rows += set_rows
     text = "\n\n".join(texts)
     print(text)
-    with open(os.path.join(args.out, "table.md"), "w") as f:
+    with atomic_path(os.path.join(args.out, "table.md")) as tmp, open(tmp, "w") as f:
         f.write(text + "\n")
-    with open(os.path.join(args.out, "summary.json"), "w") as f:
-        json.dump(rows, f, indent=2)
+    write_json(os.path.join(args.out, "summary.json"), rows)
     print(f"figures and per-slice outputs in {args.out}/")
     return 0
 

@@ -15,7 +15,7 @@ import sys
 
 
 from configs.default_fastMRI_configs import get_default_configs
-from models import create_model
+from runners.build import checkpoint_record, create_model
 from utils.checkpoints import CheckpointError, atomic_save, load_model_weights, read_checkpoint
 
 
@@ -36,7 +36,7 @@ def export(src: str, dst: str, ema: bool = True, half: bool = True) -> None:
                               f"retrain, or sample from it as it is with sampling.checkpoint={src}")
     config = config_from_record(loaded["config"])
     model = create_model(config)
-    step = load_model_weights(src, model, ema, "cpu", config)
+    step = load_model_weights(src, model, ema, "cpu", checkpoint_record(config))
     weights = {k: (v.half() if half and v.is_floating_point() else v) for k, v in model.state_dict().items()}
     atomic_save({"model": weights, "step": step, "config": loaded["config"], "weights": "ema" if ema else "raw"},
                  os.fspath(dst))

@@ -9,8 +9,7 @@ time, and filled atomically.
   `DYING_WAIT_S` seconds for a holder that may be dying (a SIGKILL takes a moment to release a process's files)
   and then raises `FolderBusy` naming the pid. A lock is per process: do not open and close `.lock` elsewhere in
   a process that holds it (closing any descriptor of the file releases the process's lock).
-- `atomic_path(path)` gives a temporary name beside `path` (`.<name>.<pid>.tmp`) that is fsynced and renamed over
-  `path` when the block succeeds, so a reader sees the old file or the new one, never a part.
+- Files are written through `utils/atomic.atomic_path` (a temporary beside the file, fsynced and renamed over it).
 - `remove_stale_temporaries(folder)` removes the `*.tmp` files an interrupted process left (call it while holding
   the folder's lock, so no live writer's file is touched).
 """
@@ -27,8 +26,9 @@ try:  # POSIX; elsewhere folders are not locked.
 except ImportError:  # pragma: no cover - Windows
     fcntl = None
 
+from utils.atomic import TMP_SUFFIX
+
 LOCK_FILE = ".lock"
-TMP_SUFFIX = ".tmp"
 DYING_WAIT_S = 10.0
 _POLL_S = 0.1
 
@@ -143,22 +143,3 @@ def remove_stale_temporaries(folder: str, subfolders: tuple[str, ...] = ()) -> N
     if removed:
         logging.warning("removed %d temporary file(s) of an interrupted write from %s: %s", len(removed), folder,
                         ", ".join(sorted(removed)))
-
-
-@contextlib.contextmanager
-def atomic_path(path: str):
-    """Yield a temporary path beside `path` to write the whole file to; it replaces `path` when the block ends
-    without an exception (after fsync) and is removed otherwise."""
-    folder, name = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(folder, f".{name}.{os.getpid()}{TMP_SUFFIX}")
-    try:
-        yield tmp
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)

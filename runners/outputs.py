@@ -1,8 +1,8 @@
 """Output files of a reconstruction folder (listed in `runners/reconstruct.py`): per-slice `.mat` and `.png`,
-`metrics.csv`, the `.h5` volumes with `volumes.csv`, `summary.json`, and `setting.json`, which keeps one setting
-per folder.
+`metrics.csv`, the `.h5` volumes with `volumes.csv`, `summary.json`, and `setting.json`, which keeps one result
+identity (runners/identity.py) per folder.
 
-Every file is written whole to a temporary file beside it and renamed over it (`runners.folders.atomic_path`), so
+Every file is written whole to a temporary file beside it and renamed over it (`utils/atomic.atomic_path`), so
 a killed process leaves the previous version or the new one, never a part. A slice is finished when its
 `metrics.csv` row has every column and its `.mat` file reads back (`SliceRecords.is_done`); the row is written
 last, so a slice killed half-way is reconstructed again. Rows are kept one per `(file, slice)`, and the volumes
@@ -24,8 +24,9 @@ import h5py
 import numpy as np
 import scipy.io
 
-from runners.folders import atomic_path
+from runners.identity import Identity, differences
 from utils import metrics
+from utils.atomic import atomic_path, write_json
 from utils.figures import save_panel
 
 FIELDS = ["fname", "slice", "nmse", "psnr", "ssim", "nmse_published", "psnr_published", "ssim_published",
@@ -41,12 +42,6 @@ def mat_path(out: str, fname: str, index: int) -> str:
     return os.path.join(out, f"recon_{fname}_{index}.mat")
 
 
-def write_json(path: str, value) -> None:
-    """Write `value` as indented JSON to `path`, atomically."""
-    with atomic_path(path) as tmp, open(tmp, "w") as f:
-        json.dump(value, f, indent=2)
-
-
 def write_slice(out: str, fname: str, index: int, recon: np.ndarray, zero_filled: np.ndarray, truth: np.ndarray,
                 row: dict, title: str, std: np.ndarray | None = None, samples: np.ndarray | None = None) -> None:
     """`recon_<file>_<slice>.mat` (complex `[H, W]` images; with posterior samples also `std`, the pixelwise std of
@@ -57,8 +52,8 @@ def write_slice(out: str, fname: str, index: int, recon: np.ndarray, zero_filled
     with atomic_path(mat_path(out, fname, index)) as tmp, open(tmp, "wb") as f:
         scipy.io.savemat(f, images, do_compression=True)
     zf = {"psnr": row["zf_psnr"], "ssim": row["zf_ssim"]}
-    with atomic_path(os.path.join(out, f"{fname}_{index}.png")) as tmp:
-        save_panel(tmp, np.abs(zero_filled), np.abs(recon), np.abs(truth), zf, row, title, std)
+    save_panel(os.path.join(out, f"{fname}_{index}.png"), np.abs(zero_filled), np.abs(recon), np.abs(truth), zf, row,
+               title, std)
 
 
 def _read_mat(path: str) -> dict | None:
@@ -171,40 +166,17 @@ def write_volumes(out: str, rows: list[dict]) -> list[dict]:
     return volumes
 
 
-# Keys that do not change a slice's reconstruction: a rerun may differ in them and still resume the folder.
-_FREE_KEYS = {"sampling": {"batch_size", "max_slices", "show_progress", "output_dir", "bf16", "compile"},
-              "data": {"skip_broken"}, "training": {"num_workers"}}
-
-
-def _setting(config) -> dict:
-    setting = json.loads(config.to_json_best_effort())
-    for group, keys in _FREE_KEYS.items():
-        setting[group] = {k: v for k, v in setting[group].items() if k not in keys}
-    setting.pop("device", None)
-    return setting
-
-
-def _flat(tree: dict, prefix: str = "") -> dict:
-    """`{"group.key": value}` of a nested dict."""
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[prefix + key] = value
-    return flat
-
-
-def claim_output_folder(config, out: str) -> None:
-    """Record the setting in `out` (`setting.json`), or check that the results already there come from it."""
+def claim_output_folder(identity: Identity, out: str) -> None:
+    """Record the result identity in `out` (`setting.json`: its name and fields), or check that the results already
+    there have the same one (runners/identity.py)."""
     path = os.path.join(out, "setting.json")
-    current = json.loads(json.dumps(_setting(config)))
+    current = {"identity": identity.name, "fields": identity.fields}
     if not os.path.exists(path):
         write_json(path, current)
         return
     with open(path) as f:
-        saved, now = _flat(json.load(f)), _flat(current)
-    changed = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
+        saved = json.load(f)
+    changed = differences(saved.get("fields", saved), identity.fields)
     if changed:
         raise ValueError(f"{out} holds reconstructions of another setting (differs in {', '.join(changed)}); give a "
                          f"new sampling.output_dir or delete the folder to redo it")

@@ -41,8 +41,9 @@ import os
 import time
 
 from runners import folders
-from runners.folders import (LOCK_FILE, FolderBusy, FolderError, atomic_path, lock_folder, make_folder,
-                             remove_stale_temporaries, try_lock)
+from runners.folders import (LOCK_FILE, FolderBusy, FolderError, lock_folder, make_folder, remove_stale_temporaries,
+                             try_lock)
+from utils.atomic import atomic_path
 
 CONFIG_FILE = "config.json"
 FINISHED_FILE = "finished"

@@ -29,13 +29,12 @@ import datasets
 import losses
 import models
 import sampling
-import sde_lib
 from models.ema import ExponentialMovingAverage
+from runners import build
 from runners.distributed import Dist, all_rng_states, from_rank0, init_distributed, set_rng_state
 from runners.run_folder import FINISHED_FILE, META_CHECKPOINT, open_run, save_config
 from utils import checkpoints, metrics
-from utils.common import cuda_speed_options, derived_seed, seed_everything
-from utils.masks import get_mask
+from utils.common import derived_seed, seed_everything
 from utils.mri import c2r, r2c, sense_adjoint
 
 # Errors of the setup that are user mistakes (config values, data folders, paths): reported as one line.
@@ -54,7 +53,7 @@ def images_from_batch(batch: dict, device: torch.device, channels_last: bool = F
 # ---- model ------------------------------------------------------------------------------------------------------
 def _build_model(config, ctx: Dist, compile_: bool):
     """`(network, training module)`: the bare network and its DDP / torch.compile wrapping for training."""
-    model = models.create_model(config).to(ctx.device)
+    model = build.create_model(config).to(ctx.device)
     if config.training.channels_last:
         model = model.to(memory_format=torch.channels_last)
     wrapped = model
@@ -80,21 +79,24 @@ class _TrainLoop:
         """
         self.config, self.ctx, training = config, ctx, config.training
         self.run_dir = ""
-        self.sde = sde_lib.get_sde(config)
-        self.train_set = datasets.get_dataset(config, "train").dataset
+        self.sde = build.make_sde(config)
+        self.train_set = datasets.make_dataset(config, "train")
         self.steps_per_epoch = len(self._loader(0, 0))
-        bf16, compile_ = cuda_speed_options(config, "training")
+        bf16, compile_ = build.speed_options(config, "training")
         self.model, self.train_model = _build_model(config, ctx, compile_)
-        optimizer = losses.get_optimizer(config, self.train_model.parameters())
+        optimizer = build.make_optimizer(config, self.train_model.parameters())
         ema = ExponentialMovingAverage(self.train_model.parameters(), decay=config.model.ema_rate)
         self.state = dict(model=self.train_model, ema=ema, optimizer=optimizer, step=0, epoch=0, batch_in_epoch=0)
-        self.train_step = losses.get_step_fn(self.sde, True, losses.optimization_manager(config),
+        self.train_step = losses.get_step_fn(self.sde, True, build.make_optimize_fn(config),
                                              training.reduce_mean, training.continuous,
                                              training.likelihood_weighting, training.eps, bf16)
         self.eval_step = losses.get_step_fn(self.sde, False, None, training.reduce_mean, training.continuous,
                                             training.likelihood_weighting, training.eps, bf16)
         self.held_out = self._held_out_batch() if (training.eval_freq > 0 or training.snapshot_sampling) else None
-        self.sample_mask = get_mask(config, "sample") if training.snapshot_sampling else None
+        self.sample_mask = build.sample_mask(config) if training.snapshot_sampling else None
+        method = config.sampling.method if build.is_diffusion(config.sampling.method) else "pc"  # PC for baselines
+        self.snapshot_sampler = ((build.METHODS.get(method), build.method_settings(config, method))
+                                 if training.snapshot_sampling else None)
         self.last_saved: tuple[str, int] | None = None
         self._sampled_at = -1
         self.writer: SummaryWriter | None = None
@@ -133,7 +135,8 @@ class _TrainLoop:
                 if not os.path.isfile(init):
                     raise FileNotFoundError(f"training.init_checkpoint={init} does not exist; give a checkpoint file "
                                             f"to start from, or leave the key empty to train from scratch")
-                step = checkpoints.load_model_weights(init, self.train_model, True, self.ctx.device, self.config)
+                step = checkpoints.load_model_weights(init, self.train_model, True, self.ctx.device,
+                                                      build.checkpoint_record(self.config))
                 self.state["ema"] = ExponentialMovingAverage(self.train_model.parameters(),
                                                              decay=self.config.model.ema_rate)
                 logging.info("new run initialised from the EMA weights of %s (its step %d)", init, step)
@@ -298,11 +301,11 @@ class _TrainLoop:
         kspace, maps, mask = self.held_out["kspace"], self.held_out["maps"], self.sample_mask
         score_fn = models.get_score_fn(self.sde, self.model, train=False, continuous=self.config.training.continuous)
         noise = sampling.SampleNoise([self.config.sampling.seed], self.ctx.device)
-        sampler = sampling.SAMPLERS.get(self.config.sampling.method, sampling.pc_sampler)  # PC for baseline methods
+        sampler, settings = self.snapshot_sampler
         weights = (self.state["ema"].average_parameters(self.model.parameters()) if self.config.sampling.use_ema
                    else contextlib.nullcontext())
         with weights:
-            x, _ = sampler(self.config, self.sde, score_fn, mask * kspace, maps, mask, noise)
+            x, _ = sampler(score_fn, self.sde, mask * kspace, maps, mask, settings, noise)
         self.train_model.train()
         reference = sense_adjoint(kspace, maps, 1.0).abs()[0]
         recon = r2c(x).abs()[0]
@@ -315,7 +318,7 @@ class _TrainLoop:
     def _save(self, names: list[str]) -> None:
         """Write the training state to `names` (relative to the run folder), atomically, on rank 0."""
         start = time.perf_counter()
-        state = dict(self.state, rng=all_rng_states(self.ctx), config=checkpoints.config_record(self.config))
+        state = dict(self.state, rng=all_rng_states(self.ctx), config=build.checkpoint_record(self.config))
         if self.ctx.is_main:
             for name in names:
                 checkpoints.save_checkpoint(os.path.join(self.run_dir, name), state)

@@ -3,22 +3,26 @@
     python main.py --mode tune --config configs/hfssde/brain_demo.py [--tune_metric ssim] [--tune_slices 2]
 
 The validation slices are the first `--tune_slices` slices of `data.eval_root` (never the test set). The search
-space of a diffusion sampler is `AXES`: log-grids for `sampling.snr` (`snr_accelerated` when
-`sampling.accelerated_sampling`), `mse` and `corrector_mse`, and the choices of the clean-image options
-`support_mask`, `final_dc` and `denoise`; of the DDIM sampler, `DDIM_AXES` (η, the data-consistency λ and CG steps,
-the support mask); of a baseline, `BASELINE_AXES` (ℓ1-wavelet's λ, CG-SENSE's iterations). The search
-starts at the config's values (snapped to the grids), runs coordinate descent on the coarse grids (every other
-grid value), then refines on the full grids among the neighbours of the best point, until no trial improves.
+space of a method is `METHOD_AXES[sampling.method]`: for the PC sampler log-grids for `sampling.snr`
+(`snr_accelerated` when `sampling.accelerated_sampling`), `mse` and `corrector_mse`, and the choices of the
+clean-image options `support_mask`, `final_dc` and `denoise` (the ODE sampler: those of them its settings have);
+for DDIM, η, the data-consistency λ and CG steps and the support mask; for a baseline ℓ1-wavelet's λ or CG-SENSE's
+iterations. Each axis is a field of the method's settings class (sampling.py, baselines.py), and a trial is the
+method's settings with those fields replaced. The search starts at the config's values (snapped to the grids), runs
+coordinate descent on the coarse grids (every other grid value), then refines on the full grids among the
+neighbours of the best point, until no trial improves.
 
-Everything goes to `<workdir>/tune/<setting>/`: `trials.csv` (every trial: its settings, PSNR, SSIM, seconds),
-`trials.png`, and `best.json`. A rerun reads `trials.csv` and never redoes a finished trial. `best.json` is applied
-by one override, `--config.sampling.tuned=<workdir>/tune/<setting>/best.json` (`reconstruct.apply_tuned`).
+Everything goes to `<workdir>/tune/<identity>_<metric>/`, `<identity>` the result identity (runners/identity.py) of
+the method on the validation slices without the searched keys (so another checkpoint, data, slices or any fixed
+setting gives another folder): `trials.csv` (every trial: its settings, PSNR, SSIM, seconds), `trials.png`, and
+`best.json`. A rerun reads `trials.csv` and never redoes a finished trial. `best.json` is applied by one override,
+`--config.sampling.tuned=<workdir>/tune/<identity>_<metric>/best.json` (`reconstructor.apply_tuned`).
 """
 from __future__ import annotations
 
 import copy
 import csv
-import json
+import dataclasses
 import logging
 import math
 import os
@@ -29,10 +33,11 @@ import numpy as np
 import torch
 
 import datasets
-from runners.reconstruct import apply_tuned, build_reconstructor, is_diffusion, setting_name, slice_seed
+from runners import build
+from runners.reconstructor import Reconstructor, apply_tuned, slice_seed
 from utils import metrics
+from utils.atomic import atomic_path, write_json
 from utils.figures import save_trials
-from utils.masks import get_mask
 from utils.mri import sense_adjoint
 
 METRICS = ("psnr", "ssim")
@@ -44,7 +49,7 @@ def _log_grid(low: float, high: float, per_decade: int) -> tuple[float, ...]:
     return tuple(float(f"{low * 10 ** (k / per_decade):.3g}") for k in range(count))
 
 
-# (key of config.sampling, grid, is the grid ordered on a log scale)
+# (field of the method's settings = key of config.sampling, grid, is the grid ordered on a log scale)
 AXES: tuple[tuple[str, tuple, bool], ...] = (
     ("snr", _log_grid(0.02, 0.64, 6), True),
     ("mse", _log_grid(0.1, 10.0, 4), True),
@@ -59,13 +64,15 @@ DDIM_AXES: tuple[tuple[str, tuple, bool], ...] = (
     ("dc_iters", (2, 5, 10, 20), True),
     ("support_mask", (False, True), False),
 )
-BASELINE_AXES = {
+METHOD_AXES = {
+    "pc": AXES, "ode": AXES, "ddim": DDIM_AXES,
     "l1wavelet": (("l1_lambda", _log_grid(1e-5, 1e-1, 3), True),),
     "sense": (("cg_iters", (3, 5, 8, 12, 20, 30, 50), True),),
 }
 
 
 def snr_key(config) -> str:
+    """The `sampling.*` key behind the settings field `snr`."""
     return "snr_accelerated" if config.sampling.accelerated_sampling else "snr"
 
 
@@ -118,7 +125,7 @@ def coordinate_search(objective: Callable[[tuple], float], axes: list[tuple], st
 
 
 class _Trials:
-    """The trial record `trials.csv`: loaded at start, one row appended (and flushed) per finished trial."""
+    """The trial record `trials.csv`: loaded at start, rewritten atomically after every finished trial."""
 
     def __init__(self, path: str, keys: list[str]):
         self.path, self.keys = path, keys
@@ -133,43 +140,39 @@ class _Trials:
 
     def add(self, values: tuple, result: dict) -> None:
         row = {**dict(zip(self.keys, (str(v) for v in values))), **{k: f"{v:.6g}" for k, v in result.items()}}
-        new = not os.path.exists(self.path)
-        with open(self.path, "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=self.keys + list(result))
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
-            f.flush()
-            os.fsync(f.fileno())
         self.rows[tuple(row[k] for k in self.keys)] = row
+        with atomic_path(self.path) as tmp, open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self.keys + list(result))
+            writer.writeheader()
+            writer.writerows(self.rows.values())
 
 
 def _validation_slices(config, count: int) -> dict:
-    """The first `count` validation slices as one batch (k-space, maps, names, seeds) on the device."""
-    loader = datasets.get_dataset(config, "eval")
-    items = [loader.dataset[i] for i in range(min(count, len(loader.dataset)))]
-    batch = datasets.collate_multicoil(items)
-    seeds = [slice_seed(config.sampling.seed, f, int(s)) for f, s in zip(batch["fname"], batch["slice"])]
-    return {"kspace": batch["kspace"].to(config.device), "maps": batch["maps"].to(config.device), "seeds": seeds}
+    """The first `count` validation slices as one batch (k-space, maps, seeds) on the device, their `(file, slice)`
+    keys and the volumes of the validation set."""
+    dataset = datasets.make_dataset(config, "eval")
+    batch = datasets.collate_multicoil([dataset[i] for i in range(min(count, len(dataset)))])
+    keys = [(f, int(s)) for f, s in zip(batch["fname"], batch["slice"])]
+    return {"kspace": batch["kspace"].to(config.device), "maps": batch["maps"].to(config.device),
+            "seeds": [slice_seed(config.sampling.seed, f, s) for f, s in keys], "keys": keys,
+            "volumes": dataset.volumes}
 
 
 def search_axes(config) -> list[tuple[str, tuple, bool]]:
-    """The searched `(sampling key, grid, ordered)` axes of `sampling.method`: `AXES` for the PC and ODE samplers
-    (`snr` standing for `snr_accelerated` with accelerated sampling), `DDIM_AXES` for `ddim`, `BASELINE_AXES` for a
-    baseline."""
+    """The searched `(settings field, grid, ordered)` axes of `sampling.method`: the axes of `METHOD_AXES` that are
+    fields of the method's settings class."""
     method = config.sampling.method
-    if method in BASELINE_AXES:
-        return list(BASELINE_AXES[method])
-    if method == "ddim":
-        return list(DDIM_AXES)
-    if not is_diffusion(method):
-        raise ValueError(f"sampling.method={method!r} has no settings to tune; choose a diffusion sampler or one of "
-                         f"{sorted(BASELINE_AXES)}")
-    return [(snr_key(config) if key == "snr" else key, grid, ordered) for key, grid, ordered in AXES]
+    entry = build.METHODS.entry(method)
+    fields = {f.name for f in dataclasses.fields(entry.settings)}
+    axes = [axis for axis in METHOD_AXES.get(method, ()) if axis[0] in fields]
+    if not axes:
+        raise ValueError(f"sampling.method={method!r} has no settings to tune; choose one of "
+                         f"{sorted(m for m in METHOD_AXES if m in build.METHODS)}")
+    return axes
 
 
 class Tuner:
-    """One search: the validation slices, the reconstructor and the trial record of `<workdir>/tune/<setting>`.
+    """One search: the validation slices, the reconstructor and the trial record of `<workdir>/tune/<identity>`.
 
     `objective(point)` scores a grid point (indices into `axes`), from `trials.csv` when it was tried before;
     `search()` runs `coordinate_search` from the config's values and writes `best.json` and `trials.png`.
@@ -178,17 +181,22 @@ class Tuner:
     def __init__(self, config, workdir: str, metric: str = "psnr", num_slices: int = 2, axes=None):
         if metric not in METRICS:
             raise ValueError(f"unknown tune metric {metric!r}; choose one of {list(METRICS)}")
-        self.config = config = copy.deepcopy(config)
+        config = copy.deepcopy(config)
         apply_tuned(config)
         config.sampling.show_progress = False
         self.metric, self.axes = metric, list(axes) if axes is not None else search_axes(config)
-        self.keys = [key for key, _, _ in self.axes]
-        self.out = os.path.join(workdir, "tune", f"{setting_name(config)}_{metric}")
-        os.makedirs(self.out, exist_ok=True)
-        self.trials = _Trials(os.path.join(self.out, "trials.csv"), self.keys)
-        self.reconstruct_batch, self.description = build_reconstructor(config, workdir)
-        self.mask = get_mask(config, "sample")
+        self.fields = ["snr" if key == "snr_accelerated" else key for key, _, _ in self.axes]
+        self.keys = [snr_key(config) if key == "snr" else key for key in self.fields]  # columns: config keys
+        self.reconstructor = Reconstructor(config, workdir)
+        self.description = self.reconstructor.description
+        self.mask = build.sample_mask(config)
         self.data = _validation_slices(config, num_slices)
+        identity = self.reconstructor.identity(config, self.data["volumes"], self.data["keys"], self.mask,
+                                               exclude=tuple(self.fields))
+        self.out = os.path.join(workdir, "tune", f"{identity.name}_{metric}")
+        os.makedirs(self.out, exist_ok=True)
+        write_json(os.path.join(self.out, "identity.json"), {"identity": identity.name, "fields": identity.fields})
+        self.trials = _Trials(os.path.join(self.out, "trials.csv"), self.keys)
         self.truth = sense_adjoint(self.data["kspace"], self.data["maps"], 1.0).abs()[:, 0].cpu().numpy()
         logging.info("tuning %s on %d validation slices of %s for %s into %s", self.description, len(self.truth),
                      config.data.eval_root, metric, self.out)
@@ -196,13 +204,15 @@ class Tuner:
     def values(self, point: tuple[int, ...]) -> tuple:
         return tuple(self.axes[a][1][i] for a, i in enumerate(point))
 
+    def trial_settings(self, values: tuple):
+        """The method's settings with the searched fields set to `values`."""
+        return dataclasses.replace(self.reconstructor.settings, **dict(zip(self.fields, values)))
+
     def _run(self, values: tuple) -> dict:
-        for key, value in zip(self.keys, values):
-            self.config.sampling[key] = value
         start = time.perf_counter()
         with torch.no_grad():
-            recon, _ = self.reconstruct_batch(self.mask * self.data["kspace"], self.data["maps"], self.mask,
-                                              self.data["seeds"])
+            recon, _ = self.reconstructor(self.mask * self.data["kspace"], self.data["maps"], self.mask,
+                                          self.data["seeds"], settings=self.trial_settings(values))
         scores = [metrics.evaluate(t, r) for t, r in zip(self.truth, recon.mean(dim=1).abs().cpu().numpy())]
         result = {m: float(np.mean([s[m] for s in scores])) for m in METRICS}
         result["seconds"] = time.perf_counter() - start
@@ -222,17 +232,15 @@ class Tuner:
 
     def search(self) -> dict:
         """Run the search (module docstring); returns the best settings with their scores and the folder."""
-        start = tuple(_snap(self.config.sampling[key], grid) for key, grid, _ in self.axes)
+        settings = self.reconstructor.settings
+        start = tuple(_snap(getattr(settings, field), grid) for field, (_, grid, _) in zip(self.fields, self.axes))
         point, _ = coordinate_search(self.objective, self.axes, start)
         best = dict(zip(self.keys, self.values(point)))
         row = self.trials.get(tuple(best.values()))
         result = {"sampling": best, "metric": self.metric, "psnr": float(row["psnr"]), "ssim": float(row["ssim"]),
                   "trials": len(self.trials.rows), "slices": len(self.truth), "description": self.description,
                   "grid_points": int(np.prod([len(grid) for _, grid, _ in self.axes]))}
-        tmp = os.path.join(self.out, "best.json.tmp")
-        with open(tmp, "w") as f:
-            json.dump(result, f, indent=1)
-        os.replace(tmp, os.path.join(self.out, "best.json"))
+        write_json(os.path.join(self.out, "best.json"), result)
         save_trials(os.path.join(self.out, "trials.png"), [float(r[self.metric]) for r in self.trials.rows.values()],
                     self.metric)
         logging.info("best of %d trials: %s (PSNR %.2f dB, SSIM %.4f)", result["trials"], best, result["psnr"],

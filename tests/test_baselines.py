@@ -8,6 +8,7 @@ import torch
 from configs.default_fastMRI_configs import get_default_configs
 from utils import metrics
 from baselines import BASELINES
+from runners import build
 from utils.mri import conjugate_gradient
 from utils.mri import sense_adjoint, sense_forward
 
@@ -37,9 +38,14 @@ def _uniform_mask(h, w, acc=4, acs=16):
 
 
 def _config(**sampling):
+    return sampling
+
+
+def run(name, y, csm, mask, sampling):
+    """Baseline `name` with the settings the runners resolve from the default config updated by `sampling`."""
     config = get_default_configs()
-    config.sampling.update(sampling)
-    return config
+    config.sampling.update(sampling, method=name)
+    return BASELINES.get(name)(y, csm, mask, build.method_settings(config))
 
 
 def _psnr(x, ref):
@@ -60,7 +66,7 @@ def test_registry_lists_the_methods_and_names_them_on_error():
 
 def test_zero_filled_is_the_adjoint(problem):
     x, csm, mask, y = problem
-    out = BASELINES.get("zero_filled")(y, csm, mask, _config())
+    out = run("zero_filled", y, csm, mask, _config())
     assert out.shape == x.shape and out.dtype == torch.complex64
     torch.testing.assert_close(out, sense_adjoint(y, csm, mask))
 
@@ -68,7 +74,7 @@ def test_zero_filled_is_the_adjoint(problem):
 @pytest.mark.parametrize("shape", [(64, 64), (45, 38)])
 def test_cg_sense_recovers_the_image_from_full_noiseless_data(shape):
     x, csm, full = _phantom(*shape), _maps(*shape), torch.ones(1, 1, *shape)
-    out = BASELINES.get("sense")(sense_forward(x, csm, full), csm, full, _config(cg_iters=30))
+    out = run("sense", sense_forward(x, csm, full), csm, full, _config(cg_iters=30))
     assert out.shape == x.shape and out.dtype == torch.complex64
     assert (torch.linalg.norm(out - x) / torch.linalg.norm(x)).item() < 1e-4
 
@@ -76,8 +82,8 @@ def test_cg_sense_recovers_the_image_from_full_noiseless_data(shape):
 def test_cg_sense_beats_zero_filled_at_4x(problem):
     x, csm, mask, y = problem
     config = _config(cg_iters=30)
-    psnr_zf = _psnr(BASELINES.get("zero_filled")(y, csm, mask, config), x)
-    psnr_sense = _psnr(BASELINES.get("sense")(y, csm, mask, config), x)
+    psnr_zf = _psnr(run("zero_filled", y, csm, mask, config), x)
+    psnr_sense = _psnr(run("sense", y, csm, mask, config), x)
     assert psnr_sense > psnr_zf + 5
 
 
@@ -114,21 +120,21 @@ def test_batched_cg_sense_equals_per_sample_runs(problem):
     maps = torch.cat([csm, csm.roll(2, dims=1), csm.roll(5, dims=1)])
     y = sense_forward(images, maps, mask)
     config = _config(cg_iters=20)
-    batched = BASELINES.get("sense")(y, maps, mask, config)
+    batched = run("sense", y, maps, mask, config)
     assert torch.isfinite(torch.view_as_real(batched)).all()
     assert torch.count_nonzero(batched[2]) == 0
     for b in range(2):
-        single = BASELINES.get("sense")(y[b:b + 1], maps[b:b + 1], mask, config)
+        single = run("sense", y[b:b + 1], maps[b:b + 1], mask, config)
         assert (torch.linalg.norm(batched[b:b + 1] - single) / torch.linalg.norm(single)).item() < 1e-5
 
 
 def test_l1wavelet_shape_and_quality(problem):
     x, csm, mask, y = problem
     config = _config(l1_lambda=1e-3, l1_iters=60)
-    out = BASELINES.get("l1wavelet")(y.repeat(2, 1, 1, 1), csm.repeat(2, 1, 1, 1), mask, config)
+    out = run("l1wavelet", y.repeat(2, 1, 1, 1), csm.repeat(2, 1, 1, 1), mask, config)
     assert out.shape == (2, 1, 64, 64) and out.dtype == torch.complex64 and out.device == y.device
     torch.testing.assert_close(out[0], out[1])
-    psnr_zf = _psnr(BASELINES.get("zero_filled")(y, csm, mask, config), x)
+    psnr_zf = _psnr(run("zero_filled", y, csm, mask, config), x)
     assert _psnr(out[:1], x) > psnr_zf + 5
 
 
@@ -136,8 +142,8 @@ def test_bad_inputs_raise_clear_errors(problem):
     _, csm, mask, y = problem
     for name in BASELINES.names():
         with pytest.raises(ValueError, match=r"sampling mask of shape \(1, 1, 64, 32\)"):
-            BASELINES.get(name)(y, csm, mask[..., :32], _config())
+            run(name, y, csm, mask[..., :32], _config())
         with pytest.raises(ValueError, match="y and csm"):
-            BASELINES.get(name)(y, csm[:, :4], mask, _config())
+            run(name, y, csm[:, :4], mask, _config())
     with pytest.raises(ValueError, match="sampling.cg_iters"):
-        BASELINES.get("sense")(y, csm, mask, _config(cg_iters=0))
+        run("sense", y, csm, mask, _config(cg_iters=0))

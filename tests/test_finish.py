@@ -4,11 +4,11 @@ import pytest
 import torch
 
 import sampling
-import sde_lib
 from configs.tiny import get_config
 from utils.coils import birdcage_sensitivities
 from utils import mri
 from utils.masks import make_mask
+from runners import build
 
 H = W = 24
 
@@ -66,7 +66,7 @@ def test_cg_final_dc_moves_from_the_data_to_the_prior_with_lambda():
     config = sampler_config()
     config.sampling.final_dc, config.sampling.dc_lambda = "cg", 0.0
     with pytest.raises(ValueError, match="dc_lambda > 0"):
-        sampling.clean(config, guess, data)
+        sampling.clean(build.method_settings(config, "pc"), guess, data)
     with pytest.raises(ValueError, match="unknown sampling.final_dc 'exact'"):
         sampling.final_data_consistency(guess, data, "exact", 0.0, 40)
 
@@ -107,7 +107,7 @@ def test_noise_aware_solve_stops_at_the_discrepancy_level():
 def test_noise_lambda_follows_the_noise_and_the_diffusion_level():
     guess, y, csm, mask = noisy_problem(0.05)
     config = sampler_config("vpsde")
-    sde = sde_lib.get_sde(config)
+    sde = build.make_sde(config)
     data = sampling.Measurements(y, csm, mask, noise_aware=True, dc_scale=2.0)
     t = torch.tensor([0.2, 0.7])
     level = sde.marginal_std(t) / sde.mean_scale(t)
@@ -119,9 +119,10 @@ def _noisy_run(method, final_dc):
     config = sampler_config("hfssde")
     config.sampling.method, config.sampling.noise_aware, config.sampling.final_dc = method, True, final_dc
     config.sampling.dc_iters = config.sampling.cg_iters = 30
-    sde = sde_lib.get_sde(config)
+    sde = build.make_sde(config)
     _, y, csm, mask = noisy_problem(0.05)
-    out, _ = sampling.SAMPLERS[method](config, sde, score, y, csm, mask, sampling.SampleNoise([0], "cpu"))
+    out, _ = sampling.SAMPLERS.get(method)(score, sde, y, csm, mask, build.method_settings(config),
+                                           sampling.SampleNoise([0], "cpu"))
     misfit = torch.linalg.vector_norm(mri.sense_forward(mri.r2c(out), csm, mask) - y).item()
     return out, misfit, float(sampling.Measurements(y, csm, mask, noise_aware=True).target[0])
 
@@ -153,9 +154,10 @@ def score(x, t):
 def test_support_mask_keeps_the_image_on_the_maps(name):
     config = sampler_config(name)
     config.sampling.support_mask = True
-    sde = sde_lib.get_sde(config)
+    sde = build.make_sde(config)
     _, y, csm, mask = problem(2, disc=True)
-    out, _ = sampling.pc_sampler(config, sde, score, y, csm, mask, sampling.SampleNoise([0, 1], "cpu"))
+    out, _ = sampling.pc_sampler(score, sde, y, csm, mask, build.method_settings(config, "pc"),
+                                 sampling.SampleNoise([0, 1], "cpu"))
     outside = (csm.abs().sum(1, keepdim=True) == 0).repeat(1, 2, 1, 1)
     assert outside.any() and out[outside].abs().max() == 0 and out[~outside].abs().max() > 0
 
@@ -163,7 +165,7 @@ def test_support_mask_keeps_the_image_on_the_maps(name):
 def test_denoise_is_tweedie_for_a_point_mass_and_costs_one_evaluation():
     config = sampler_config("vpsde")
     config.sampling.denoise = True
-    sde = sde_lib.get_sde(config)
+    sde = build.make_sde(config)
     guess, y, csm, mask = problem(3)
     x0 = torch.full_like(guess, 0.7)
     t = torch.full((guess.shape[0],), 0.2)
@@ -172,24 +174,27 @@ def test_denoise_is_tweedie_for_a_point_mass_and_costs_one_evaluation():
         mean, std = sde.marginal_prob(x0, t_)
         return -(x - mean) / std[:, None, None, None] ** 2
 
-    out = sampling.finish(config, sde, point_mass_score, guess, t, sampling.Measurements(y, csm, mask))
+    out = sampling.finish(build.method_settings(config, "pc"), sde, point_mass_score, guess, t,
+                          sampling.Measurements(y, csm, mask))
     torch.testing.assert_close(out, sde.marginal_prob(x0, t)[0], atol=1e-4, rtol=1e-4)
-    _, nfe = sampling.pc_sampler(config, sde, score, y, csm, mask, sampling.SampleNoise([0, 1], "cpu"))
+    _, nfe = sampling.pc_sampler(score, sde, y, csm, mask, build.method_settings(config, "pc"),
+                                 sampling.SampleNoise([0, 1], "cpu"))
     assert nfe == 2 * config.sampling.N + 1
 
 
 def test_options_off_leave_the_result_unchanged():
     config = sampler_config()
-    sde = sde_lib.get_sde(config)
+    sde = build.make_sde(config)
     guess, y, csm, mask = problem(4, disc=True)
-    out = sampling.finish(config, sde, score, guess, torch.full((2,), 1e-3), sampling.Measurements(y, csm, mask))
+    out = sampling.finish(build.method_settings(config, "pc"), sde, score, guess, torch.full((2,), 1e-3),
+                          sampling.Measurements(y, csm, mask))
     assert torch.equal(out, guess)
 
 
 @pytest.mark.parametrize("name", ["hfssde", "vpsde", "vesde", "subvpsde"])
 def test_mean_scale_describes_the_forward_mean_and_denoised_inverts_it(name):
     config = sampler_config(name)
-    sde = sde_lib.get_sde(config)
+    sde = build.make_sde(config)
     x0 = torch.randn(2, 2, H, W)
     t = torch.tensor([0.3, 0.8])
     a = sde.mean_scale(t)[:, None, None, None]
@@ -203,7 +208,7 @@ def test_mean_scale_describes_the_forward_mean_and_denoised_inverts_it(name):
 def test_ddim_with_the_true_prior_recovers_the_truth_in_few_steps():
     config = sampler_config("hfssde", steps=10)
     config.sampling.method = "ddim"
-    sde = sde_lib.get_sde(config)
+    sde = build.make_sde(config)
     _, _, csm, mask = problem(5, batch=1)
     rng = np.random.default_rng(0)
     truth = torch.from_numpy((rng.standard_normal((1, 1, H, W)) + 0j).astype(np.complex64))
@@ -214,7 +219,8 @@ def test_ddim_with_the_true_prior_recovers_the_truth_in_few_steps():
         mean, std = sde.marginal_prob(x0, t)
         return -sde.project(x - mean) / std[:, None, None, None] ** 2
 
-    out, nfe = sampling.ddim_sampler(config, sde, point_mass_score, y, csm, mask, sampling.SampleNoise([0], "cpu"))
+    out, nfe = sampling.ddim_sampler(point_mass_score, sde, y, csm, mask, build.method_settings(config, "ddim"),
+                                     sampling.SampleNoise([0], "cpu"))
     assert nfe == 10
     assert torch.linalg.vector_norm(out - x0) / torch.linalg.vector_norm(x0) < 1e-3
 
@@ -223,10 +229,11 @@ def test_ddim_with_the_true_prior_recovers_the_truth_in_few_steps():
 def test_ddim_batch_equals_single_runs(eta):
     config = sampler_config("hfssde", steps=4)
     config.sampling.eta = eta
-    sde = sde_lib.get_sde(config)
+    sde = build.make_sde(config)
     _, y, csm, mask = problem(6, batch=2)
-    batch, _ = sampling.ddim_sampler(config, sde, score, y, csm, mask, sampling.SampleNoise([3, 4], "cpu"))
+    batch, _ = sampling.ddim_sampler(score, sde, y, csm, mask, build.method_settings(config, "ddim"),
+                                     sampling.SampleNoise([3, 4], "cpu"))
     for i, seed in enumerate([3, 4]):
-        single, _ = sampling.ddim_sampler(config, sde, score, y[i:i + 1], csm[i:i + 1], mask,
-                                          sampling.SampleNoise([seed], "cpu"))
+        single, _ = sampling.ddim_sampler(score, sde, y[i:i + 1], csm[i:i + 1], mask, build.method_settings(config,
+                                          "ddim"), sampling.SampleNoise([seed], "cpu"))
         torch.testing.assert_close(batch[i:i + 1], single, atol=1e-4, rtol=1e-4)

@@ -1,4 +1,5 @@
-"""The import graph points down only (DESIGN.md §2): `main.py` → `runners/` → core modules → `models/` → `utils/`.
+"""The import graph points down only (docs/ARCHITECTURE.md, "Layers"): `main.py` → `runners/` → core modules →
+`models/` → `utils/`.
 
 Every import statement of the project's source files (module level or inside functions) is read with `ast`.
 """

@@ -3,10 +3,10 @@ import pytest
 import torch
 
 import losses
-import sde_lib
 from configs.tiny import get_config
-from models import create_model
+from runners.build import create_model
 from models.ema import ExponentialMovingAverage
+from runners import build
 
 
 class AffineScore(torch.nn.Module):
@@ -37,7 +37,7 @@ def manual_loss(sde, model, batch, seed, likelihood_weighting=False, eps=1e-5):
 @pytest.mark.parametrize("name", ["hfssde", "vpsde", "vesde"])
 @pytest.mark.parametrize("likelihood_weighting", [False, True])
 def test_loss_matches_the_formula(name, likelihood_weighting):
-    sde = sde_lib.get_sde(get_config(name))
+    sde = build.make_sde(get_config(name))
     model, batch = AffineScore(), torch.randn(3, 2, 32, 32)
     loss_fn = losses.get_sde_loss_fn(sde, train=True, likelihood_weighting=likelihood_weighting)
     torch.manual_seed(4)
@@ -47,7 +47,7 @@ def test_loss_matches_the_formula(name, likelihood_weighting):
 
 
 def test_hfs_loss_ignores_low_frequency_score_content():
-    sde = sde_lib.get_sde(get_config("hfssde"))
+    sde = build.make_sde(get_config("hfssde"))
     batch = torch.randn(2, 2, 32, 32)
     low = sde.low_pass(torch.randn(2, 2, 32, 32)) * 50
 
@@ -64,7 +64,7 @@ def test_hfs_loss_ignores_low_frequency_score_content():
 
 
 def test_sum_reduction_is_half_the_sum():
-    sde = sde_lib.get_sde(get_config("vpsde"))
+    sde = build.make_sde(get_config("vpsde"))
     batch = torch.randn(2, 2, 8, 8)
     torch.manual_seed(1)
     mean_loss = losses.get_sde_loss_fn(sde, True, reduce_mean=True)(AffineScore(), batch)
@@ -77,8 +77,8 @@ def test_warmup_and_clipping():
     config = get_config()
     config.optim.warmup, config.optim.lr, config.optim.grad_clip = 10, 1e-2, 0.5
     p = torch.nn.Parameter(torch.ones(4))
-    optimizer = losses.get_optimizer(config, [p])
-    optimize_fn = losses.optimization_manager(config)
+    optimizer = build.make_optimizer(config, [p])
+    optimize_fn = build.make_optimize_fn(config)
     p.grad = torch.full((4,), 3.0)
     norm = optimize_fn(optimizer, [p], step=4)
     assert optimizer.param_groups[0]["lr"] == pytest.approx(4e-3)
@@ -92,21 +92,21 @@ def test_unknown_optimizer():
     config = get_config()
     config.optim.optimizer = "Lion"
     with pytest.raises(ValueError, match="unknown optim.optimizer 'Lion'"):
-        losses.get_optimizer(config, [torch.nn.Parameter(torch.ones(1))])
+        build.make_optimizer(config, [torch.nn.Parameter(torch.ones(1))])
 
 
 def _state(config):
     model = create_model(config)
-    return {"model": model, "optimizer": losses.get_optimizer(config, model.parameters()),
+    return {"model": model, "optimizer": build.make_optimizer(config, model.parameters()),
             "ema": ExponentialMovingAverage(model.parameters(), decay=0.9), "step": 0}
 
 
 def test_train_step_updates_model_ema_and_step_and_eval_uses_ema():
     config = get_config()
-    sde = sde_lib.get_sde(config)
+    sde = build.make_sde(config)
     state = _state(config)
     batch = torch.randn(2, 2, 32, 32)
-    train_step = losses.get_step_fn(sde, True, losses.optimization_manager(config))
+    train_step = losses.get_step_fn(sde, True, build.make_optimize_fn(config))
     eval_step = losses.get_step_fn(sde, False)
     before = [p.detach().clone() for p in state["model"].parameters()]
     out = train_step(state, batch)
@@ -124,11 +124,11 @@ def test_train_step_updates_model_ema_and_step_and_eval_uses_ema():
 
 def test_non_finite_loss_stops_before_the_update():
     config = get_config()
-    sde = sde_lib.get_sde(config)
+    sde = build.make_sde(config)
     state = _state(config)
     state["step"] = 17
     before = [p.detach().clone() for p in state["model"].parameters()]
     batch = torch.full((2, 2, 32, 32), float("nan"))
     with pytest.raises(losses.NonFiniteLossError, match="at step 17"):
-        losses.get_step_fn(sde, True, losses.optimization_manager(config))(state, batch)
+        losses.get_step_fn(sde, True, build.make_optimize_fn(config))(state, batch)
     assert all(torch.equal(a, b) for a, b in zip(before, state["model"].parameters()))

@@ -6,6 +6,7 @@ import torch
 from configs.tiny import get_config
 from utils import masks
 from utils.generate_mask import main as generate_main
+from runners import build
 
 
 @pytest.mark.parametrize("size", [320, 33, 64])
@@ -87,23 +88,23 @@ def test_names():
 def test_get_mask_generates_loads_and_checks_size(tmp_path):
     config = get_config()
     config.data.mask_root = str(tmp_path)
-    lf = masks.get_mask(config, "sde")
+    lf = build.lowfreq_mask(config)
     assert lf.shape == (1, 1, 32, 32) and lf.dtype == torch.float32 and lf.device.type == "cpu"
     np.testing.assert_array_equal(lf[0, 0].numpy(), masks.make_mask("low_frequency", 32, acs=4))
-    sample = masks.get_mask(config, "sample")
+    sample = build.sample_mask(config)
     np.testing.assert_array_equal(sample[0, 0].numpy(), masks.make_mask("uniform", 32, acc=4, acs=6))
 
     custom = np.zeros((32, 32), np.float32)
     custom[:, ::2] = 1
     masks.save_mask(str(tmp_path / "uniform_acc4_acs6.mat"), custom)
-    np.testing.assert_array_equal(masks.get_mask(config, "sample")[0, 0].numpy(), custom)
+    np.testing.assert_array_equal(build.sample_mask(config)[0, 0].numpy(), custom)
 
     masks.save_mask(str(tmp_path / "uniform_acc4_acs6.mat"), np.ones((16, 16), np.float32))
     with pytest.raises(ValueError, match=r"uniform_acc4_acs6.mat is 16×16 but data.image_size is 32"):
-        masks.get_mask(config, "sample")
+        build.sample_mask(config)
     config.sampling.mask_type = "spiral"
     with pytest.raises(ValueError, match="unknown sampling.mask_type 'spiral'"):
-        masks.get_mask(config, "sample")
+        build.sample_mask(config)
 
 
 def test_shipped_masks_equal_the_generator():
@@ -129,8 +130,8 @@ def test_shipped_rule_masks_serve_other_sizes():
     config.data.mask_root = "mask"
     config.sampling.acs = 24
     config.sampling.acc = 4
-    got = masks.get_mask(config, "sample")
+    got = build.sample_mask(config)
     np.testing.assert_array_equal(got[0, 0].numpy(), masks.make_mask("uniform", 32, acc=4, acs=24))
     config.sampling.mask_type, config.sampling.acc = "random_uniform", 10
     with pytest.raises(ValueError, match="random_uniform_acc10_acs24.mat is 320×320"):
-        masks.get_mask(config, "sample")
+        build.sample_mask(config)

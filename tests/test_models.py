@@ -8,7 +8,8 @@ import torch
 
 import sde_lib
 from configs.hfssde.ddpm_continuous import get_config
-from models import MODELS, create_model, get_model_fn, get_score_fn
+from models import MODELS, get_model_fn, get_score_fn
+from runners.build import checkpoint_record, create_model
 from models.ddpm import DDPM
 from models.ema import ExponentialMovingAverage
 from models.layers import NIN, AttnBlock, get_timestep_embedding
@@ -219,9 +220,8 @@ class _StubModel(torch.nn.Module):
         return x * 3.0
 
 
-@pytest.mark.parametrize("sde_class", [sde_lib.VPSDE, sde_lib.VESDE])
-def test_score_fn_labels_are_marginal_std_and_output_is_the_score(sde_class):
-    sde = sde_class(tiny_config())
+@pytest.mark.parametrize("sde", [sde_lib.VPSDE(0.1, 20.0, 100), sde_lib.VESDE(0.01, 50.0, 100)])
+def test_score_fn_labels_are_marginal_std_and_output_is_the_score(sde):
     stub = _StubModel()
     x, t = torch.randn(3, 2, 4, 4), torch.tensor([1e-3, 0.5, 1.0])
     score = get_score_fn(sde, stub, train=False, continuous=True)(x, t)
@@ -241,7 +241,7 @@ def test_bf16_score_fn_runs_under_autocast_and_returns_float32():
 
     net = Conv(2, 2, 1)
     x, t = torch.randn(2, 2, 4, 4), torch.tensor([0.2, 0.7])
-    score = get_score_fn(sde_lib.VPSDE(tiny_config()), net, bf16=True)(x, t)
+    score = get_score_fn(sde_lib.VPSDE(0.1, 20.0, 100), net, bf16=True)(x, t)
     assert net.dtype_seen == torch.bfloat16 and score.dtype == torch.float32
 
 
@@ -425,17 +425,17 @@ def test_load_model_weights_raw_or_ema(tmp_path):
 
 def test_export_writes_the_ema_in_half_precision_and_loads(tmp_path):
     from configs.tiny import get_config
-    from models import create_model
+    from runners.build import create_model
     from models.ema import ExponentialMovingAverage
     from runners.export import export
-    from utils.checkpoints import config_record, load_model_weights, save_checkpoint
+    from utils.checkpoints import load_model_weights, save_checkpoint
     config = get_config()
     model = create_model(config)
     ema = ExponentialMovingAverage(model.parameters(), 0.9)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.5)  # raw weights differ from the EMA
-    save_checkpoint(tmp_path / "full.pth", {"model": model, "ema": ema, "step": 9, "config": config_record(config),
+    save_checkpoint(tmp_path / "full.pth", {"model": model, "ema": ema, "step": 9, "config": checkpoint_record(config),
                                             "optimizer": torch.optim.Adam(model.parameters())})
     export(str(tmp_path / "full.pth"), str(tmp_path / "small.pth"))
     small = torch.load(tmp_path / "small.pth", weights_only=True)

@@ -10,11 +10,11 @@ import torch
 
 import datasets
 import sampling
-import sde_lib
 from configs.hfssde.phantom_demo import get_config as phantom_config
-from runners.reconstruct import build_reconstructor, reconstruct
+from runners import build
+from runners.reconstruct import reconstruct
+from runners.reconstructor import Reconstructor
 from utils import metrics, mri
-from utils.masks import get_mask
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -33,7 +33,7 @@ def demo_config(num_samples=1, steps=3):
 def slices():
     config = demo_config()
     batch = datasets.collate_multicoil([datasets.get_dataset(config, "test").dataset[i] for i in range(2)])
-    mask = get_mask(config, "sample")
+    mask = build.sample_mask(config)
     return mask * batch["kspace"], batch["maps"], mask
 
 
@@ -46,11 +46,11 @@ def test_posterior_seeds_keep_the_slice_seed_first_and_are_distinct():
 
 def test_samples_are_reproducible_batch_invariant_and_one_sample_is_the_single_reconstruction(slices):
     y, maps, mask = slices
-    many, nfe = build_reconstructor(demo_config(3), ROOT)[0](y, maps, mask, [11, 12])
+    many, nfe = Reconstructor(demo_config(3), ROOT)(y, maps, mask, [11, 12])
     assert many.shape == (2, 3) + tuple(y.shape[-2:]) and nfe == 3 * 6  # 3 samples of 3 PC steps
-    again, _ = build_reconstructor(demo_config(3), ROOT)[0](y[1:], maps[1:], mask, [12])
+    again, _ = Reconstructor(demo_config(3), ROOT)(y[1:], maps[1:], mask, [12])
     torch.testing.assert_close(again[0], many[1], atol=1e-4, rtol=1e-4)
-    one, _ = build_reconstructor(demo_config(1), ROOT)[0](y, maps, mask, [11, 12])
+    one, _ = Reconstructor(demo_config(1), ROOT)(y, maps, mask, [11, 12])
     torch.testing.assert_close(one[:, 0], many[:, 0], atol=1e-4, rtol=1e-4)
     assert not torch.allclose(many[:, 1], many[:, 0], atol=1e-3)
 
@@ -60,9 +60,9 @@ def test_std_vanishes_on_the_measured_low_frequencies_and_not_elsewhere(slices, 
     y, maps, mask = slices
     config = demo_config(3, steps=steps)
     config.sampling.method, config.sampling.eta, config.sampling.project_score = method, 0.85, True
-    samples, _ = build_reconstructor(config, ROOT)[0](y[:1], maps[:1], mask, [3])
+    samples, _ = Reconstructor(config, ROOT)(y[:1], maps[:1], mask, [3])
     spread = mri.fft2c(samples[0]).std(dim=0)  # per k-space sample, over the posterior samples
-    lowfreq = sde_lib.get_sde(config).lowfreq_mask.reshape(spread.shape) > 0
+    lowfreq = build.make_sde(config).lowfreq_mask.reshape(spread.shape) > 0
     unmeasured = mask.reshape(spread.shape) == 0
     assert spread[unmeasured].mean() > 0
     assert spread[lowfreq].mean() < ratio * spread[unmeasured].mean()
@@ -103,7 +103,7 @@ def test_baselines_give_one_image_whatever_num_samples_says(slices):
     y, maps, mask = slices
     config = demo_config(2)
     config.sampling.method = "sense"
-    images, nfe = build_reconstructor(config, ROOT)[0](y, maps, mask, [1, 2])
+    images, nfe = Reconstructor(config, ROOT)(y, maps, mask, [1, 2])
     assert images.shape == (2, 1) + tuple(y.shape[-2:]) and nfe == 0
 
 
@@ -111,4 +111,4 @@ def test_an_unknown_final_dc_is_named_before_any_sampling():
     config = demo_config()
     config.sampling.final_dc = "exact"
     with pytest.raises(ValueError, match="unknown sampling.final_dc 'exact'"):
-        build_reconstructor(config, ROOT)
+        Reconstructor(config, ROOT)

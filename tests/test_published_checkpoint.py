@@ -3,11 +3,12 @@ import pytest
 import torch
 
 import sampling
-import sde_lib
 from configs.hfssde.ddpm_continuous import get_config
-from models import create_model, get_score_fn
+from models import get_score_fn
+from runners.build import create_model
 from utils.checkpoints import CheckpointError, load_model_weights
 from utils.mri import sense_adjoint
+from runners import build
 
 
 def published_checkpoint(model):
@@ -41,7 +42,7 @@ def test_paper_checkpoint_loads_and_runs_one_step(tmp_path, paper_model):
     for a, b in zip(model.parameters(), source.parameters()):
         assert torch.equal(a, b + 0.01)
 
-    sde = sde_lib.get_sde(config)
+    sde = build.make_sde(config)
     score_fn = get_score_fn(sde, model.eval(), train=False)
     h = config.data.image_size
     csm = torch.ones(1, 2, h, h, dtype=torch.complex64) / 2 ** 0.5

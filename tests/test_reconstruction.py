@@ -12,10 +12,11 @@ import scipy.io
 import torch
 
 from configs.tiny import get_config
-from models import create_model
+from runners.build import create_model
 from models.ema import ExponentialMovingAverage
 from utils.checkpoints import save_checkpoint
 from runners.reconstruct import reconstruct
+from runners.reconstructor import object_support, score_slice
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -136,8 +137,31 @@ def test_cuda_speed_options_are_ignored_on_cpu(setup, caplog):
 def test_a_folder_of_another_setting_is_never_reused(setup):
     config, workdir = setup
     reconstruct(config, workdir)
-    config.sampling.batch_size, config.sampling.max_slices = 1, 2
+    config.sampling.batch_size, config.sampling.show_progress = 1, True  # they do not shape the result
     assert reconstruct(config, workdir)["n_slices"] == 4
-    config.sampling.snr_accelerated = 0.5
-    with pytest.raises(ValueError, match=r"another setting \(differs in sampling.snr_accelerated\)"):
+    config.sampling.max_slices = 2
+    with pytest.raises(ValueError, match=r"another setting \(differs in slices\)"):
         reconstruct(config, workdir)
+    config.sampling.max_slices = 0
+    config.sampling.snr_accelerated = 0.5
+    with pytest.raises(ValueError, match=r"another setting \(differs in settings.snr\)"):
+        reconstruct(config, workdir)
+
+
+def test_object_support_is_the_filled_region_above_two_percent_of_the_maximum():
+    truth = np.zeros((9, 9))
+    truth[2:7, 2:7] = 1.0
+    truth[4, 4] = 0.0  # a hole inside the object is filled
+    truth[0, 0] = 0.015  # below 2 % of the maximum: background
+    truth[8, 8] = 0.03  # above it: a separate speck belongs to the support
+    expected = np.zeros((9, 9), bool)
+    expected[2:7, 2:7] = expected[8, 8] = True
+    np.testing.assert_array_equal(object_support(truth), expected)
+
+
+def test_score_slice_flags_a_residual_far_above_zero_filled():
+    rng = np.random.default_rng(0)
+    truth = rng.random((16, 16))
+    row = score_slice(truth + 0.01, truth + 0.1, truth, residual=0.3, zf_residual=0.1)
+    assert row["flagged"] == 1 and row["psnr"] > row["zf_psnr"] and "std_rank_corr" not in row
+    assert score_slice(truth, truth, truth, residual=0.25, zf_residual=0.1)["flagged"] == 0

@@ -25,16 +25,17 @@ import torch
 import datasets
 import main
 from configs.tiny import get_config
-from models import create_model
 from models.ema import ExponentialMovingAverage
-from runners import folders, outputs, reconstruct as recon_module
-from runners.reconstruct import data_residual, reconstruct
+from runners import build, folders, outputs, reconstruct as recon_module
+from runners.build import checkpoint_record, create_model
+from runners.export import export
+from runners.reconstruct import reconstruct
+from runners.reconstructor import Reconstructor, data_residual, is_flagged, method_label
 from runners.run_folder import META_CHECKPOINT
 from runners.train import train
 from tests.conftest import np_fft2c
 from utils import checkpoints, figures, masks
-from runners.export import export
-from utils.checkpoints import config_record, save_checkpoint
+from utils.checkpoints import save_checkpoint
 from utils.generate_mask import main as generate_main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -49,7 +50,7 @@ def _checkpoint(path: str, sde: str = "hfssde") -> str:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     save_checkpoint(path, {"model": model, "ema": ExponentialMovingAverage(model.parameters(), 0.99),
                            "optimizer": torch.optim.Adam(model.parameters()), "step": 5,
-                           "config": config_record(config)})
+                           "config": checkpoint_record(config)})
     return path
 
 
@@ -339,12 +340,12 @@ def test_mask_hint_command_works_and_never_replaces_a_shipped_mask(tmp_path, mon
     config.data.mask_root, config.data.image_size = root, 128
     config.sampling.mask_type, config.sampling.acc, config.sampling.acs = "cartesian", 8, 16
     with pytest.raises(ValueError, match="is 320×320 but data.image_size is 128") as err:
-        masks.get_mask(config, "sample")
+        build.sample_mask(config)
     command = shlex.split(str(err.value).split("`")[1])
     assert command[0] == "python"
     result = subprocess.run([sys.executable] + command[1:], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    got = masks.get_mask(config, "sample")[0, 0].numpy()
+    got = build.sample_mask(config)[0, 0].numpy()
     np.testing.assert_array_equal(got, masks.make_mask("cartesian", 128, acc=8, acs=16,
                                                        seed=config.sampling.mask_seed))
     assert os.path.exists(os.path.join(root, "128", "cartesian_acc8_acs16.mat")) and _digest(shipped) == before
@@ -410,10 +411,11 @@ def test_exported_checkpoint_keeps_the_record(tmp_path, caplog):
     path = _checkpoint(str(tmp_path / "vp.pth"), sde="vpsde")
     export(path, str(tmp_path / "small.pth"))
     config = get_config()
-    checkpoints.load_model_weights(tmp_path / "small.pth", create_model(config), True, "cpu", config)
+    checkpoints.load_model_weights(tmp_path / "small.pth", create_model(config), True, "cpu", checkpoint_record(config))
     assert "training.sde='vpsde' (config: 'hfssde')" in caplog.text
     caplog.clear()
-    checkpoints.load_model_weights(tmp_path / "small.pth", create_model(config), True, "cpu", get_config("vpsde"))
+    checkpoints.load_model_weights(tmp_path / "small.pth", create_model(config), True, "cpu",
+                                   checkpoint_record(get_config("vpsde")))
     assert "was trained with" not in caplog.text
 
 
@@ -446,10 +448,10 @@ def test_panel_shows_the_scored_images_with_method_title_and_error_scale(setup, 
 def test_baseline_panel_title():
     config = get_config()
     config.sampling.method = "sense"
-    assert recon_module.method_label(config) == "CG-SENSE"
+    assert method_label(config) == "CG-SENSE"
     config = get_config("vpsde")
     config.sampling.N = 100
-    assert recon_module.method_label(config) == "VP-SDE PC, 100 steps"
+    assert method_label(config) == "VP-SDE PC, 100 steps"
 
 
 # ---- 11. main.py: out of memory and bugs -------------------------------------------------------------------------
@@ -512,14 +514,12 @@ def test_residual_in_every_row_and_summary_and_divergence_is_flagged(setup, monk
     assert all(r["residual"] == r["zf_residual"] and 0 < r["residual"] < 1 and r["flagged"] == 0 for r in rows)
     assert summary["residual"] == pytest.approx(summary["zf_residual"]) and summary["n_flagged"] == 0
 
-    def diverged(config, workdir):  # a sampler that blew up: large noise that ignores the data
-        return (lambda y, csm, mask, seeds: (100 * torch.randn(y.shape[0], 1, *y.shape[-2:], dtype=y.dtype), 10),
-                "a diverged sampler")
-    monkeypatch.setattr(recon_module, "build_reconstructor", diverged)
-    config.sampling.method = "pc"
+    def diverged(self, y, csm, mask, seeds, settings=None):  # a method that blew up: large noise, not the data
+        return 100 * torch.randn(y.shape[0], 1, *y.shape[-2:], dtype=y.dtype), 10
+    monkeypatch.setattr(Reconstructor, "__call__", diverged)
     config.sampling.output_dir = config.sampling.output_dir + "_diverged"
     summary = reconstruct(config, "unused")
     rows = outputs.read_rows(os.path.join(config.sampling.output_dir, "metrics.csv"))
     assert all(r["flagged"] == 1 and r["residual"] > 2 * r["zf_residual"] + 0.05 for r in rows)
     assert summary["n_flagged"] == 6 and "file1000 slice 0 is flagged: its data residual" in caplog.text
-    assert recon_module.is_flagged(float("nan"), 0.1) and not recon_module.is_flagged(0.25, 0.1)
+    assert is_flagged(float("nan"), 0.1) and not is_flagged(0.25, 0.1)

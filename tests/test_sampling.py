@@ -1,4 +1,5 @@
-"""Sampler steps against an independent float64 numpy version of DESIGN.md §3, and sampler invariants."""
+"""Sampler steps against an independent float64 numpy version of the formulas in docs/ARCHITECTURE.md, and sampler
+invariants."""
 import math
 
 import numpy as np
@@ -6,11 +7,11 @@ import pytest
 import torch
 
 import sampling
-import sde_lib
 from configs.tiny import get_config
 from tests.conftest import np_fft2c, np_ifft2c
 from utils import mri
 from utils.masks import make_mask
+from runners import build
 
 H = W = 32
 N = 1000
@@ -100,7 +101,7 @@ def rel_err(a, b):
 
 @pytest.mark.parametrize("name", ["hfssde", "vpsde"])
 def test_langevin_step_matches_numpy(name):
-    sde = sde_lib.get_sde(get_config(name))
+    sde = build.make_sde(get_config(name))
     x, csm, mask, y, noise, t = problem()
     lf = make_mask("low_frequency", H, acs=4).astype(np.float64)
     xt, csmt, maskt, yt, noiset, tt = torchify(x, csm, mask, y, noise, t)
@@ -114,7 +115,7 @@ def test_langevin_step_matches_numpy(name):
 
 @pytest.mark.parametrize("name", ["hfssde", "vpsde"])
 def test_euler_maruyama_step_matches_numpy(name):
-    sde = sde_lib.get_sde(get_config(name))
+    sde = build.make_sde(get_config(name))
     x, csm, mask, y, noise, t = problem(1)
     lf = make_mask("low_frequency", H, acs=4).astype(np.float64)
     xt, csmt, maskt, yt, noiset, tt = torchify(x, csm, mask, y, noise, t)
@@ -148,7 +149,7 @@ def sampler_config(name="hfssde", steps=6):
 def test_hfs_low_frequencies_are_kept_without_data_consistency():
     config = sampler_config()
     config.sampling.mse = config.sampling.corrector_mse = 0.0
-    sde = sde_lib.get_sde(config)
+    sde = build.make_sde(config)
     x, csm, mask, y, _, _ = problem(3)
     _, csmt, maskt, yt = torchify(x, csm, mask, y)
     noise = sampling.SampleNoise([0, 1], "cpu")
@@ -157,7 +158,7 @@ def test_hfs_low_frequencies_are_kept_without_data_consistency():
     def highpass_score(x_, t_):
         return sde.high_pass(-x_ * (1 + t_[:, None, None, None]))
 
-    out, nfe = sampling.pc_sampler(config, sde, highpass_score, yt, csmt, maskt, noise)
+    out, nfe = sampling.pc_sampler(highpass_score, sde, yt, csmt, maskt, build.method_settings(config, "pc"), noise)
     lf = sde.lowfreq_mask
     diff = lf * (mri.fft2c(mri.r2c(out)) - mri.fft2c(mri.r2c(x_t)))
     assert diff.abs().max() / (lf * mri.fft2c(mri.r2c(x_t))).abs().max() < 1e-5
@@ -166,7 +167,7 @@ def test_hfs_low_frequencies_are_kept_without_data_consistency():
 
 def test_hfs_initial_state_holds_the_measured_low_frequencies():
     config = sampler_config()
-    sde = sde_lib.get_sde(config)
+    sde = build.make_sde(config)
     x, csm, mask, y, _, _ = problem(4)
     _, csmt, maskt, yt = torchify(x, csm, mask, y)
     x_t = sampling.initial_state(sde, yt, csmt, sampling.SampleNoise([0, 1], "cpu"))
@@ -180,13 +181,14 @@ def test_hfs_initial_state_holds_the_measured_low_frequencies():
 def test_batch_equals_single_runs(name, predictor):
     config = sampler_config(name)
     config.sampling.predictor = predictor
-    sde = sde_lib.get_sde(config)
+    sde = build.make_sde(config)
     x, csm, mask, y, _, _ = problem(5, batch=3)
     _, csmt, maskt, yt = torchify(x, csm, mask, y)
-    batch, _ = sampling.pc_sampler(config, sde, torch_score, yt, csmt, maskt, sampling.SampleNoise([7, 8, 9], "cpu"))
+    batch, _ = sampling.pc_sampler(torch_score, sde, yt, csmt, maskt, build.method_settings(config, "pc"),
+                                   sampling.SampleNoise([7, 8, 9], "cpu"))
     for i, seed in enumerate([7, 8, 9]):
-        single, _ = sampling.pc_sampler(config, sde, torch_score, yt[i:i + 1], csmt[i:i + 1], maskt,
-                                        sampling.SampleNoise([seed], "cpu"))
+        single, _ = sampling.pc_sampler(torch_score, sde, yt[i:i + 1], csmt[i:i + 1], maskt,
+                                        build.method_settings(config, "pc"), sampling.SampleNoise([seed], "cpu"))
         assert rel_err(batch[i:i + 1].numpy(), single.numpy()) < 1e-4
 
 
@@ -220,7 +222,7 @@ def test_data_consistency_recovers_what_the_prior_lacks(name):
     import sigpy.mri
     config = sampler_config(name, steps=100)
     config.sampling.mse, config.sampling.corrector_mse = 2.5, 1.0
-    sde = sde_lib.get_sde(config)
+    sde = build.make_sde(config)
     truth = phantom(H)
     yy, xx = np.mgrid[-1:1:H * 1j, -1:1:W * 1j]
     outline = ((xx / 0.8) ** 2 + (yy / 0.9) ** 2 < 1) * np.exp(1j * 0.5 * xx)
@@ -229,22 +231,81 @@ def test_data_consistency_recovers_what_the_prior_lacks(name):
     csmt, maskt = torch.from_numpy(csm)[None], torch.from_numpy(mask)
     yt = mri.sense_forward(torch.from_numpy(truth.astype(np.complex64))[None, None], csmt, maskt)
     mu = mri.c2r(torch.from_numpy(outline.astype(np.complex64))[None, None])
-    out, _ = sampling.pc_sampler(config, sde, gaussian_prior_score(sde, mu, 0.1), yt, csmt, maskt,
-                                 sampling.SampleNoise([0], "cpu"))
+    out, _ = sampling.pc_sampler(gaussian_prior_score(sde, mu, 0.1), sde, yt, csmt, maskt,
+                                 build.method_settings(config, "pc"), sampling.SampleNoise([0], "cpu"))
     recon = mri.r2c(out)[0, 0].numpy()
     zero_filled = mri.sense_adjoint(yt, csmt, maskt)[0, 0].numpy()
     assert psnr(truth, recon) >= psnr(truth, zero_filled) + 2.5
     assert psnr(truth, recon) >= psnr(truth, outline) + 5
 
 
-def test_ode_sampler_runs_and_is_deterministic_given_the_start():
-    config = sampler_config()
-    sde = sde_lib.get_sde(config)
+def noise_draws(seeds, shape, count):
+    """The first `count` draws of `shape` that `SampleNoise(seeds)` gives, as float64 numpy arrays."""
+    noise = sampling.SampleNoise(seeds, "cpu")
+    return [noise(shape).double().numpy() for _ in range(count)]
+
+
+def test_ode_sampler_matches_numpy_euler_steps():
+    """Three Euler steps of `x ← x + (f − ½g²(s − d))·dt` on the grid `linspace(1, eps, 4)`, HFS-SDE, against numpy."""
+    config = sampler_config(steps=3)
+    sde = build.make_sde(config)
     x, csm, mask, y, _, _ = problem(6)
     _, csmt, maskt, yt = torchify(x, csm, mask, y)
-    a, nfe = sampling.ode_sampler(config, sde, torch_score, yt, csmt, maskt, sampling.SampleNoise([1, 2], "cpu"))
-    b, _ = sampling.ode_sampler(config, sde, torch_score, yt, csmt, maskt, sampling.SampleNoise([1, 2], "cpu"))
-    assert torch.isfinite(a).all() and torch.equal(a, b) and nfe == 6
+    lf = sde.lowfreq_mask[0, 0].double().numpy()
+    out, nfe = sampling.ode_sampler(torch_score, sde, yt, csmt, maskt, build.method_settings(config, "ode"),
+                                    sampling.SampleNoise([1, 2], "cpu"))
+    z = noise_draws([1, 2], (2, 2, H, W), 1)[0]
+    xs = to_r(np.sum(np.conj(csm) * np_ifft2c(lf * y), 1)) + np_hp(z, lf)  # measured low frequencies + M̂z
+    grid = np.linspace(1.0, config.sampling.eps, 4)
+    for i in range(3):
+        t = np.full(2, grid[i])
+        s = np_score(xs, t)
+        d = np_dc(xs, y, csm, mask, s, config.sampling.mse)
+        xs = xs + (-0.5 * np_beta(t) * np_hp(xs, lf) - 0.5 * np_beta(t) * (s - d)) * (grid[i + 1] - grid[i])
+    assert nfe == 3 and rel_err(out.double().numpy(), xs) < 1e-4
+
+
+@pytest.mark.parametrize("name", ["hfssde", "vpsde"])
+def test_reverse_diffusion_step_matches_numpy(name):
+    """The ancestral step `x̄ = x − (f_i − G_i²(s − d))`, `x = x̄ + G_i·P z` with `f_i = (√α_i − 1)·Px`,
+    `G_i = √β_i` of the discrete schedule at `i = ⌊t(N − 1)⌋`."""
+    sde = build.make_sde(get_config(name))
+    x, csm, mask, y, noise, t = problem(8)
+    lf = make_mask("low_frequency", H, acs=4).astype(np.float64)
+    xt, csmt, maskt, yt, noiset, tt = torchify(x, csm, mask, y, noise, t)
+    aty = mri.sense_adjoint(yt, csmt, maskt)
+    got, got_mean = sampling.reverse_diffusion_step(sde, torch_score, xt, tt, aty, csmt, maskt, weight=0.7,
+                                                    noise=noiset, num_steps=100)
+    hfs = name == "hfssde"
+    project = (lambda v: np_hp(v, lf)) if hfs else (lambda v: v)
+    i = (tt.double().numpy() * (N - 1)).astype(int)
+    beta = np.linspace(B0 / N, B1 / N, N)[i][:, None, None, None]
+    s = np_score(x, tt.double().numpy())
+    d = np_dc(x, y, csm, mask, s, 0.7)
+    want_mean = x - ((np.sqrt(1 - beta) - 1) * project(x) - beta * (s - d))
+    want = want_mean + np.sqrt(beta) * project(noise)
+    assert rel_err(got_mean.numpy(), want_mean) < 1e-5 and rel_err(got.numpy(), want) < 1e-5
+
+
+@pytest.mark.parametrize("noise_removal", [True, False])
+def test_n_steps_each_and_noise_removal_match_numpy(noise_removal):
+    """One step of two Langevin corrections, then the Euler–Maruyama predictor: the result is the predictor's `x̄`
+    (`noise_removal`) or its noisy `x`; noise is drawn start, correction, correction, predictor."""
+    config = sampler_config(steps=1)
+    config.sampling.n_steps_each, config.sampling.noise_removal = 2, noise_removal
+    sde = build.make_sde(config)
+    x, csm, mask, y, _, _ = problem(9)
+    _, csmt, maskt, yt = torchify(x, csm, mask, y)
+    lf = sde.lowfreq_mask[0, 0].double().numpy()
+    settings = build.method_settings(config, "pc")
+    out, nfe = sampling.pc_sampler(torch_score, sde, yt, csmt, maskt, settings, sampling.SampleNoise([3, 4], "cpu"))
+    z0, z1, z2, z3 = noise_draws([3, 4], (2, 2, H, W), 4)
+    xs = to_r(np.sum(np.conj(csm) * np_ifft2c(lf * y), 1)) + np_hp(z0, lf)
+    t = np.ones(2)
+    for z in (z1, z2):
+        xs, _ = np_langevin(xs, t, y, csm, mask, lf, z, settings.snr, settings.corrector_mse, True)
+    xs, xs_mean = np_euler_maruyama(xs, t, y, csm, mask, lf, z3, settings.mse, 1, True)
+    assert nfe == 3 and rel_err(out.double().numpy(), xs_mean if noise_removal else xs) < 1e-4
 
 
 @pytest.mark.parametrize("name", ["hfssde", "vpsde"])
@@ -253,12 +314,12 @@ def test_ode_drift_vanishes_for_standard_normal_data(name):
     drift `f − ½g²s = −½βPx + ½βPx` is zero: without data consistency the ODE leaves its start unchanged."""
     config = sampler_config(name, steps=20)
     config.sampling.mse = 0.0
-    sde = sde_lib.get_sde(config)
+    sde = build.make_sde(config)
     x, csm, mask, y, _, _ = problem(10)
     _, csmt, maskt, yt = torchify(x, csm, mask, y)
     start = sampling.initial_state(sde, yt, csmt, sampling.SampleNoise([3, 4], "cpu"))
-    out, _ = sampling.ode_sampler(config, sde, lambda x_, t_: -sde.project(x_), yt, csmt, maskt,
-                                  sampling.SampleNoise([3, 4], "cpu"))
+    out, _ = sampling.ode_sampler(lambda x_, t_: -sde.project(x_), sde, yt, csmt, maskt, build.method_settings(config,
+                                  "ode"), sampling.SampleNoise([3, 4], "cpu"))
     torch.testing.assert_close(out, start, rtol=0, atol=1e-5)
 
 
@@ -267,12 +328,12 @@ def test_ode_integrates_the_vp_drift_from_one_to_eps():
     gives `x(ε) = x(1)·e^{c(ε) − c(1)}` (1000 Euler steps: within 2 %)."""
     config = sampler_config("vpsde", steps=1000)
     config.sampling.mse = 0.0
-    sde = sde_lib.get_sde(config)
+    sde = build.make_sde(config)
     x, csm, mask, y, _, _ = problem(11)
     _, csmt, maskt, yt = torchify(x, csm, mask, y)
     start = sampling.initial_state(sde, yt, csmt, sampling.SampleNoise([5, 6], "cpu"))
-    out, _ = sampling.ode_sampler(config, sde, lambda x_, t_: torch.zeros_like(x_), yt, csmt, maskt,
-                                  sampling.SampleNoise([5, 6], "cpu"))
+    out, _ = sampling.ode_sampler(lambda x_, t_: torch.zeros_like(x_), sde, yt, csmt, maskt,
+                                  build.method_settings(config, "ode"), sampling.SampleNoise([5, 6], "cpu"))
     eps = config.sampling.eps
     growth = math.exp(0.25 * (1 - eps ** 2) * (B1 - B0) + 0.5 * (1 - eps) * B0)  # e^{c(ε) − c(1)}, about 156
     torch.testing.assert_close(out, start * growth, rtol=2e-2, atol=0)
@@ -280,12 +341,14 @@ def test_ode_integrates_the_vp_drift_from_one_to_eps():
 
 def test_unknown_predictor_and_corrector():
     config = sampler_config()
-    sde = sde_lib.get_sde(config)
+    sde = build.make_sde(config)
     x, csm, mask, y, _, _ = problem(7)
     _, csmt, maskt, yt = torchify(x, csm, mask, y)
     config.sampling.predictor = "heun"
     with pytest.raises(ValueError, match="unknown predictor 'heun'; choose one of"):
-        sampling.pc_sampler(config, sde, torch_score, yt, csmt, maskt, sampling.SampleNoise([0, 1], "cpu"))
+        sampling.pc_sampler(torch_score, sde, yt, csmt, maskt, build.method_settings(config, "pc"),
+                            sampling.SampleNoise([0, 1], "cpu"))
     config.sampling.predictor, config.sampling.corrector = "euler_maruyama", "ald"
     with pytest.raises(ValueError, match="unknown corrector 'ald'"):
-        sampling.pc_sampler(config, sde, torch_score, yt, csmt, maskt, sampling.SampleNoise([0, 1], "cpu"))
+        sampling.pc_sampler(torch_score, sde, yt, csmt, maskt, build.method_settings(config, "pc"),
+                            sampling.SampleNoise([0, 1], "cpu"))

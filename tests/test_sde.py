@@ -1,14 +1,14 @@
-"""SDEs against float64 numpy formulas (DESIGN.md §3) and HFS-SDE invariants."""
+"""SDEs against float64 numpy formulas (docs/ARCHITECTURE.md, "The mathematics") and HFS-SDE invariants."""
 import math
 
 import numpy as np
 import pytest
 import torch
 
-import sde_lib
 from configs.tiny import get_config
 from tests.conftest import np_fft2c, np_ifft2c
 from utils import mri
+from runners import build
 
 B0, B1 = 0.1, 20.0
 
@@ -35,7 +35,7 @@ def _sde(name, **overrides):
     for key, value in overrides.items():
         group, attr = key.split(".")
         setattr(getattr(config, group), attr, value)
-    return sde_lib.get_sde(config)
+    return build.make_sde(config)
 
 
 def test_vp(data):
@@ -153,4 +153,4 @@ def test_unknown_sde_name():
     config = get_config()
     config.training.sde = "edm"
     with pytest.raises(ValueError, match="unknown training.sde 'edm'"):
-        sde_lib.get_sde(config)
+        build.make_sde(config)

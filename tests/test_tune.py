@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from configs.hfssde.phantom_demo import get_config as phantom_config
-from runners.reconstruct import apply_tuned
-from runners.tune import Tuner, coordinate_search
+from runners.reconstructor import apply_tuned
+from runners.tune import Tuner, _snap, coordinate_search, search_axes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_AXES = [("snr_accelerated", (0.04, 0.08, 0.16, 0.32), True), ("mse", (0.25, 1.0, 4.0), True),
@@ -91,3 +91,25 @@ def test_tune_mode_through_main_prints_the_command(tmp_path):
     assert "--config.sampling.tuned=" in result.stdout and "l1_lambda" in result.stdout
     best = json.loads(next((tmp_path / "tune").glob("*/best.json")).read_text())
     assert set(best["sampling"]) == {"l1_lambda"} and np.isfinite(best["psnr"])
+
+
+def test_snap_takes_the_nearest_grid_value_on_a_log_scale():
+    grid = (0.01, 0.1, 1.0)
+    assert [_snap(v, grid) for v in (0.1, 0.02, 0.04, 0.5, 5.0, 1e-6)] == [1, 0, 1, 2, 2, 0]
+    assert _snap("cg", ("none", "replace", "cg")) == 2 and _snap(True, (False, True)) == 1
+    assert _snap("other", ("none", "cg")) == 0  # a value off the grid starts at the first choice
+
+
+def test_search_axes_are_fields_of_the_method_settings():
+    config = tune_config()
+    assert [key for key, _, _ in search_axes(config)] == ["snr", "mse", "corrector_mse", "support_mask",
+                                                           "final_dc", "denoise"]
+    config.sampling.method = "ode"  # no corrector: no snr and no corrector weight to search
+    assert [key for key, _, _ in search_axes(config)] == ["mse", "support_mask", "final_dc", "denoise"]
+    config.sampling.method = "ddim"
+    assert [key for key, _, _ in search_axes(config)] == ["eta", "dc_lambda", "dc_iters", "support_mask"]
+    config.sampling.method = "sense"
+    assert search_axes(config) == [("cg_iters", (3, 5, 8, 12, 20, 30, 50), True)]
+    config.sampling.method = "zero_filled"
+    with pytest.raises(ValueError, match="sampling.method='zero_filled' has no settings to tune"):
+        search_axes(config)

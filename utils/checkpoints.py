@@ -4,61 +4,43 @@ Model keys are written with the `module.` prefix that the published code's DataP
 tools read our files; on loading, `module.` and `_orig_mod.` (torch.compile) prefixes are accepted and the
 weights must fit the network exactly. Files are written atomically and read with `weights_only=True`.
 
-Training checkpoints also hold `config`: the config keys that shape the weights (`SHAPING_KEYS`: the SDE, the data
-normalisation and the network, and the SDE's schedule and low-frequency mask), as `{"group.key": value}`. Loading a
-checkpoint under a config that differs in any of them warns in one line naming the keys (same-shaped weights of
-another SDE load, but their score belongs to that SDE). Files without the record (published weights) load silently.
+Training checkpoints also hold `config`: the config keys that shape the weights (the SDE, the data normalisation
+and the network, and the SDE's schedule and low-frequency mask; the runners choose them, `runners/build.py`), as
+`{"group.key": value}`. Loading a checkpoint under a record that differs in any of them warns in one line naming
+the keys (same-shaped weights of another SDE load, but their score belongs to that SDE). Files without the record
+(published weights) load silently.
 """
 from __future__ import annotations
 
 import logging
 import os
 import pickle
-import tempfile
 from typing import Any
 
 import torch
 from torch import nn
+
+from utils.atomic import atomic_path
 
 _PREFIXES = ("module.", "_orig_mod.")
 _CONFIG_HINT = ("the checkpoint was probably trained with other network settings: check model.nf, model.ch_mult, "
                 "model.num_res_blocks, model.attn_resolutions, model.conditional, data.image_size and "
                 "data.num_channels (model.num_scales sizes the `sigmas` buffer) against the run that wrote it")
 _MAX_LISTED = 20
-SHAPING_KEYS = ("training.sde", "training.continuous", "model.name", "model.num_scales", "model.nf", "model.ch_mult",
-                "model.num_res_blocks", "model.attn_resolutions", "model.conditional", "model.scale_by_sigma",
-                "data.image_size", "data.num_channels", "data.normalize_type", "data.normalize_coeff")
-# The keys of each SDE's schedule (and HFS-SDE's low-frequency mask), recorded after SHAPING_KEYS.
-_SDE_KEYS = {"hfssde": ("model.beta_min", "model.beta_max", "training.mask_type", "training.acs",
-                        "training.mean_equal"),
-             "vpsde": ("model.beta_min", "model.beta_max"), "subvpsde": ("model.beta_min", "model.beta_max"),
-             "vesde": ("model.sigma_min", "model.sigma_max")}
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be read or does not fit the network; the message names the file and the fix."""
 
 
-def config_record(config) -> dict[str, Any]:
-    """The values of `SHAPING_KEYS` and the SDE's schedule keys in `config` (tuples as lists), for the checkpoint's
-    `config` entry."""
-    record = {}
-    for key in SHAPING_KEYS + _SDE_KEYS.get(str(config.training.sde).lower(), ()):
-        group, name = key.split(".")
-        if group in config and name in config[group]:
-            value = config[group][name]
-            record[key] = list(value) if isinstance(value, tuple) else value
-    return record
-
-
-def check_config_record(path: str, loaded: dict[str, Any], config) -> None:
-    """Warn in one line when the checkpoint's `config` record differs from `config` in keys it records."""
+def check_config_record(path: str, loaded: dict[str, Any], record: dict[str, Any]) -> None:
+    """Warn in one line when the checkpoint's `config` record differs from `record` (the same `{"group.key": value}`
+    entries of the current config) in keys both hold."""
     saved = loaded.get("config")
     if not isinstance(saved, dict):
         return
-    current = config_record(config)
-    changed = [f"{k}={value!r} (config: {current[k]!r})" for k, value in saved.items()
-               if k in current and value != current[k]]
+    changed = [f"{k}={value!r} (config: {record[k]!r})" for k, value in saved.items()
+               if k in record and value != record[k]]
     if changed:
         logging.warning("checkpoint %s was trained with %s; its score belongs to that setting, so results under this "
                         "config are not what it learned: use the config it was trained with", path, ", ".join(changed))
@@ -103,22 +85,10 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
 
 
 def atomic_save(obj: Any, path: str) -> None:
-    """`torch.save` into a temp file beside `path`, fsync, rename over `path`."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    """`torch.save` atomically (`utils/atomic.atomic_path`), creating the folder if needed."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
 
 
 def read_checkpoint(path: str | os.PathLike, device: str | torch.device) -> dict[str, Any]:
@@ -191,17 +161,18 @@ def load_checkpoint(path: str | os.PathLike, state: dict[str, Any], device: str 
 
 
 def load_model_weights(path: str | os.PathLike, model: nn.Module, use_ema: bool,
-                       device: str | torch.device, config=None) -> int:
+                       device: str | torch.device, record: dict[str, Any] | None = None) -> int:
     """Load the weights of checkpoint `path` into `model` for sampling and return the checkpoint's step.
 
     With `use_ema` the EMA averages replace the raw trainable parameters (buffers come from the raw weights); a
     file exported from the EMA (`weights: "ema"`, runners/export.py) holds them as its `model`.
-    With `config`, a checkpoint trained under other shaping keys is warned about (`check_config_record`).
+    With `record` (the shaping keys of the current config), a checkpoint trained under other values of them is
+    warned about (`check_config_record`).
     """
     path = os.fspath(path)
     loaded = read_checkpoint(path, device)
-    if config is not None:
-        check_config_record(path, loaded, config)
+    if record is not None:
+        check_config_record(path, loaded, record)
     _load_weights(path, model, loaded["model"])
     if use_ema and loaded.get("weights") != "ema":  # a file exported from the EMA (runners/export.py) already is it
         if "ema" not in loaded:

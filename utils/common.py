@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import random
+from dataclasses import dataclass
 from typing import Callable, Generic, TypeVar
 
 import numpy as np
@@ -11,29 +12,62 @@ import torch
 T = TypeVar("T")
 
 
+@dataclass(frozen=True)
+class Entry(Generic[T]):
+    """One registered item: its `name`, the `item` itself (a class or function), a `label` for tables and figure
+    titles, its `kind` (e.g. "diffusion" or "baseline") and the frozen `settings` class it is called with."""
+
+    name: str
+    item: T
+    label: str
+    kind: str = ""
+    settings: type | None = None
+
+
 class Registry(Generic[T]):
-    """Maps names to classes or functions; one instance each for models, predictors and correctors."""
+    """Maps names to classes or functions with their label, kind and settings class (`Entry`); one instance per kind
+    of thing (models, SDEs, samplers, baselines, predictors, correctors, optimisers). `kind` names the config key
+    that selects from it, for messages."""
 
     def __init__(self, kind: str):
         self.kind = kind
-        self._items: dict[str, T] = {}
+        self._entries: dict[str, Entry[T]] = {}
 
-    def register(self, name: str) -> Callable[[T], T]:
+    def register(self, name: str, label: str | None = None, kind: str = "",
+                 settings: type | None = None) -> Callable[[T], T]:
         def decorator(item: T) -> T:
-            if name in self._items:
-                raise ValueError(f"{self.kind} {name!r} is registered twice")
-            self._items[name] = item
+            self.add(Entry(name, item, label or name, kind, settings))
             return item
 
         return decorator
 
+    def add(self, entry: Entry[T]) -> None:
+        if entry.name in self._entries:
+            raise ValueError(f"{self.kind} {entry.name!r} is registered twice")
+        self._entries[entry.name] = entry
+
+    def entry(self, name: str) -> Entry[T]:
+        if name not in self._entries:
+            raise ValueError(f"unknown {self.kind} {name!r}; choose one of {self.names()}")
+        return self._entries[name]
+
     def get(self, name: str) -> T:
-        if name not in self._items:
-            raise ValueError(f"unknown {self.kind} {name!r}; choose one of {sorted(self._items)}")
-        return self._items[name]
+        return self.entry(name).item
 
     def names(self) -> list[str]:
-        return sorted(self._items)
+        return sorted(self._entries)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._entries
+
+    @classmethod
+    def union(cls, kind: str, *registries: "Registry[T]") -> "Registry[T]":
+        """One registry holding the entries of `registries` (names must be distinct)."""
+        merged: Registry[T] = cls(kind)
+        for registry in registries:
+            for entry in registry._entries.values():
+                merged.add(entry)
+        return merged
 
 
 def append_dims(v: torch.Tensor, ndim: int) -> torch.Tensor:
@@ -55,13 +89,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def cuda_speed_options(config, group: str) -> tuple[bool, bool]:
-    """`(bf16, compile)` of `config.<group>`, switched off with a warning when `config.device` is not CUDA."""
-    options = getattr(config, group)
-    bf16, compile_ = bool(options.bf16), bool(options.compile)
-    if not str(config.device).startswith("cuda"):
+def cuda_speed_options(device: str, group: str, bf16: bool, compile_: bool) -> tuple[bool, bool]:
+    """`(bf16, compile)` as asked, switched off with a warning (naming `<group>.bf16` / `<group>.compile`) when
+    `device` is not CUDA."""
+    bf16, compile_ = bool(bf16), bool(compile_)
+    if not str(device).startswith("cuda"):
         for key, on in ((f"{group}.bf16", bf16), (f"{group}.compile", compile_)):
             if on:
-                logging.warning("%s=True needs CUDA (config.device=%r); it is ignored", key, config.device)
+                logging.warning("%s=True needs CUDA (device=%r); it is ignored", key, device)
         return False, False
     return bf16, compile_

@@ -1,4 +1,5 @@
-"""Figures of reconstructions: one panel per slice and a combined comparison figure (matplotlib, no screen)."""
+"""Figures of reconstructions: one panel per slice and a combined comparison figure (matplotlib, no screen). Every
+figure is written as a PNG, atomically (`utils/atomic.py`)."""
 from __future__ import annotations
 
 import os
@@ -9,6 +10,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from utils.atomic import atomic_path  # noqa: E402
+
+
+def _save(fig, path: str) -> None:
+    """Write `fig` as a PNG to `path` (creating its folder) atomically, and close it."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+
 
 def _title(name: str, metrics: dict | None) -> str:
     if not metrics:
@@ -18,8 +29,7 @@ def _title(name: str, metrics: dict | None) -> str:
 
 def save_panel(path: str, zero_filled: np.ndarray, recon: np.ndarray, truth: np.ndarray,
                zf_metrics: dict, recon_metrics: dict, title: str, std: np.ndarray | None = None) -> None:
-    """Zero-filled | reconstruction | ground truth | |error| of one slice as a PNG (written to `path` whatever its
-    extension). The images (magnitudes `[H, W]`) are shown as given, on the ground truth's grey scale; the error
+    """Zero-filled | reconstruction | ground truth | |error| of one slice as a PNG. The images (magnitudes `[H, W]`) are shown as given, on the ground truth's grey scale; the error
     panel `|recon − truth|` is shown 5× brighter, with a colour bar in the images' units; a posterior `std` map
     follows on the error panel's scale. `title` names the reconstruction (e.g. `HFS-SDE PC, 100 steps`); the
     metrics dicts give the PSNR and SSIM in the titles."""
@@ -36,9 +46,7 @@ def save_panel(path: str, zero_filled: np.ndarray, recon: np.ndarray, truth: np.
         ax.axis("off")
     fig.colorbar(shown, ax=axes[-1], fraction=0.046, pad=0.03)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fig.savefig(path, dpi=100, format="png")
-    plt.close(fig)
+    _save(fig, path)
 
 
 def save_comparison(path: str, rows: list[tuple[str, np.ndarray, dict | None]], truth: np.ndarray) -> None:
@@ -51,9 +59,7 @@ def save_comparison(path: str, rows: list[tuple[str, np.ndarray, dict | None]], 
         ax.set_title(_title(name, metrics), fontsize=9)
         ax.axis("off")
     fig.tight_layout()
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def save_trials(path: str, values: list[float], metric: str) -> None:
@@ -67,9 +73,7 @@ def save_trials(path: str, values: list[float], metric: str) -> None:
     ax.set_ylabel(metric.upper())
     ax.legend()
     fig.tight_layout()
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def save_curves(path: str, curves: dict[str, list[tuple[float, float]]], xlabel: str, ylabel: str) -> None:
@@ -84,6 +88,4 @@ def save_curves(path: str, curves: dict[str, list[tuple[float, float]]], xlabel:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path)

@@ -16,6 +16,7 @@ replaces a shipped one.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.io
@@ -118,27 +119,38 @@ def load_mask(path: str) -> np.ndarray:
     return mask
 
 
-def get_mask(config, caller: str) -> torch.Tensor:
-    """The low-frequency mask (`caller="sde"`, from `training.*`) or the sampling mask (`"sample"`, `sampling.*`).
+@dataclass(frozen=True)
+class MaskSpec:
+    """Which mask to use: family `kind`, acceleration `acc`, centre size `acs`, matrix size `size`, the mask folder
+    `root` and the seed of the random families; `key` is the config group that chose it (`training` for HFS-SDE's
+    low-frequency mask, `sampling` for the sampling mask), named in messages."""
 
-    Loads `<data.mask_root>/<image size>/<published name>.mat` or else `<data.mask_root>/<published name>.mat`
-    when it exists, otherwise generates the mask at `data.image_size` (random families seeded by
-    `sampling.mask_seed`). A stored mask of another size is replaced by the generated one when it follows a
-    deterministic family's rule exactly (the shipped 320×320 masks serve any image size); any other size mismatch
-    is an error whose message gives the `utils/generate_mask.py` command that writes the mask of the right size.
+    kind: str
+    acc: float | None
+    acs: int
+    size: int
+    root: str
+    seed: int
+    key: str = "sampling"
 
-    Returns:
-        float32 tensor `[1, 1, H, W]` on `config.device`.
+    @property
+    def name(self) -> str:
+        return mask_name(self.kind, self.acc, self.acs)
+
+
+def get_mask(spec: MaskSpec) -> torch.Tensor:
+    """The mask of `spec` as a float32 tensor `[1, 1, H, W]` on the CPU.
+
+    Loads `<root>/<size>/<published name>.mat` or else `<root>/<published name>.mat` when it exists, otherwise
+    generates the mask at `size` (random families seeded by `seed`). A stored mask of another size is replaced by
+    the generated one when it follows a deterministic family's rule exactly (the shipped 320×320 masks serve any
+    image size); any other size mismatch is an error whose message gives the `utils/generate_mask.py` command that
+    writes the mask of the right size.
     """
-    if caller not in ("sde", "sample"):
-        raise ValueError(f"get_mask caller must be 'sde' or 'sample', got {caller!r}")
-    group = config.training if caller == "sde" else config.sampling
-    key = "training" if caller == "sde" else "sampling"
-    kind, acc, acs = group.mask_type, group.acc, group.acs
+    kind, acc, acs, size, root, seed = spec.kind, spec.acc, spec.acs, spec.size, spec.root, spec.seed
     if kind not in KINDS:
-        raise ValueError(f"unknown {key}.mask_type {kind!r}; choose one of {list(KINDS)}")
-    size, root, name = config.data.image_size, config.data.mask_root, mask_name(kind, acc, acs) + ".mat"
-    seed = config.sampling.mask_seed
+        raise ValueError(f"unknown {spec.key}.mask_type {kind!r}; choose one of {list(KINDS)}")
+    name = spec.name + ".mat"
     sized = os.path.join(root, str(size), name)
     path = sized if os.path.exists(sized) else os.path.join(root, name)
     if os.path.exists(path):
@@ -151,7 +163,7 @@ def get_mask(config, caller: str) -> torch.Tensor:
                              f"`{generate_command(kind, acc, acs, size, seed, os.path.join(root, str(size)))}`")
     else:
         mask = make_mask(kind, size, acc=acc, acs=acs, seed=seed)
-    return torch.from_numpy(mask)[None, None].to(config.device)
+    return torch.from_numpy(mask)[None, None]
 
 
 def generate_command(kind: str, acc, acs: int, size: int, seed: int, out: str) -> str:

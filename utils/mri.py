@@ -1,7 +1,7 @@
 """MRI operators on native complex tensors.
 
-Conventions (DESIGN.md §3): images are complex `[B, 1, H, W]`; the network sees real `[B, 2, H, W]`
-(real, imaginary). k-space is centred: the DC sample sits at index `(H // 2, W // 2)`. All transforms are
+Conventions (docs/ARCHITECTURE.md, "The mathematics"): images are complex `[B, 1, H, W]`; the network sees real
+`[B, 2, H, W]` (real, imaginary). k-space is centred: the DC sample sits at index `(H // 2, W // 2)`. All transforms are
 orthonormal and act on the last two dimensions; device and dtype follow the input.
 """
 from __future__ import annotations
