@@ -20,16 +20,16 @@ config: the runners resolve it (`runners/build.py`).
 Noise-aware data consistency (`sampling.noise_aware`, `Measurements`): measured samples carry noise, and fitting
 them exactly through the ill-conditioned SENSE inverse amplifies it into a grain over the image. The noise level
 `σ̂` (complex std per k-space sample) is estimated from the data (`utils/noise.py`: the residual of the
-least-squares SENSE fit over its degrees of freedom). The
-proximal data-consistency step on a denoised estimate `x̂₀` at diffusion time `t`,
+least-squares SENSE fit over its degrees of freedom). The proximal data-consistency step on a denoised estimate `x̂₀` at diffusion time `t`,
 
     x = argmin ‖A x − y‖² + λ_t ‖x − x̂₀‖²,   λ_t = ζ · σ̂² / σ̄_t²,   σ̄_t = σ(t) / a(t)
 
 (ζ = `sampling.dc_scale`; σ̄_t the noise level of `x_t` in the units of `x₀`) is the MAP estimate under the
-Gaussian likelihood at noise `σ̂` and a Gaussian prior around `x̂₀` of std `σ̄_t/√ζ`, as in DiffPIR-type
-samplers: early steps (σ̄_t large) follow the data, late steps (σ̄_t → 0) trust the denoiser, so the last steps do
-not re-inject the measured noise. Conjugate gradients stop by the discrepancy principle, as soon as
-`‖A x − y‖ ≤ τ σ̂ √m` (τ = `sampling.discrepancy`, `m` the number of measured complex samples), or after the
+Gaussian likelihood at noise `σ̂` and a Gaussian prior around `x̂₀` whose variance shrinks with σ̄_t², as in
+DiffPIR-type samplers (ζ absorbs how much better the denoiser is than σ̄_t, and the factor 2 between the complex
+noise power and the per-channel σ̄_t): early steps (σ̄_t large) follow the data, late steps (σ̄_t → 0) trust the
+denoiser, so the last steps do not re-inject the measured noise. Conjugate gradients stop by the discrepancy
+principle, as soon as `‖A x − y‖ ≤ τ σ̂ √m` (τ = `sampling.discrepancy`, `m` the number of measured complex samples), or after the
 step's iteration count. The final `final_dc='cg'` step (λ = `sampling.dc_lambda`) stops by the same rule, so it
 fits the data down to the noise level and no further (Morozov's discrepancy principle).
 """
