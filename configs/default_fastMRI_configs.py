@@ -160,3 +160,27 @@ def get_default_configs() -> ml_collections.ConfigDict:
     config.seed = 1000
     config.device = "cuda" if torch.cuda.is_available() else "cpu"
     return config
+
+
+def set_ncsnpp_model(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Switch `config` to the NCSN++ network with the published score_sde / score-MRI model settings (VE-SDE,
+    continuous: BigGAN blocks, FIR resampling, residual input pyramid, Fourier features of log σ)."""
+    model = config.model
+    model.name = "ncsnpp"
+    model.nf = 128
+    model.ch_mult = (1, 2, 2, 2)
+    model.num_res_blocks = 4
+    model.attn_resolutions = (16,)
+    model.resamp_with_conv = True
+    model.conditional = True
+    model.fir = True
+    model.fir_kernel = (1, 3, 3, 1)
+    model.skip_rescale = True
+    model.resblock_type = "biggan"  # biggan | ddpm
+    model.progressive = "none"  # none | output_skip | residual
+    model.progressive_input = "residual"  # none | input_skip | residual
+    model.progressive_combine = "sum"  # sum | cat
+    model.embedding_type = "fourier"  # fourier (of log σ) | positional (of σ)
+    model.init_scale = 0.0
+    model.fourier_scale = 16.0
+    return config

@@ -19,7 +19,7 @@ from utils.common import Registry
 MODELS: Registry[type[nn.Module]] = Registry("model")
 
 # Importing the network modules registers them in MODELS.
-from models import ddpm  # noqa: E402,F401
+from models import ddpm, ncsnpp  # noqa: E402,F401
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

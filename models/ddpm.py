@@ -22,10 +22,21 @@ from models.normalization import NUM_GROUPS, get_normalization
 from utils.common import append_dims
 
 
-def get_sigmas(sigma_min: float, sigma_max: float, num_scales: int) -> torch.Tensor:
+def get_sigmas(sigma_min: float, sigma_max: float, num_scales: int,
+               dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """The SMLD noise levels `[num_scales]`, from `sigma_max` down to `sigma_min` (geometric)."""
     log_sigmas = torch.linspace(math.log(sigma_max), math.log(sigma_min), num_scales, dtype=torch.float64)
-    return torch.exp(log_sigmas).float()
+    return torch.exp(log_sigmas).to(dtype)
+
+
+def check_levels(ch_mult: tuple[int, ...], size: int) -> None:
+    """Reject a `model.ch_mult` that is empty or whose levels do not divide `data.image_size`."""
+    if not ch_mult:
+        raise ValueError("model.ch_mult is empty; give one channel multiplier per resolution, e.g. (1, 2, 2, 2)")
+    factor = 2 ** (len(ch_mult) - 1)
+    if size % factor:
+        raise ValueError(f"data.image_size={size} is not divisible by {factor}, which model.ch_mult={ch_mult} "
+                         f"({len(ch_mult)} resolutions) needs; change the image size or use fewer levels")
 
 
 def _check_shape(nf: int, ch_mult: tuple[int, ...], size: int) -> None:
@@ -33,12 +44,7 @@ def _check_shape(nf: int, ch_mult: tuple[int, ...], size: int) -> None:
     if nf % NUM_GROUPS:
         raise ValueError(f"model.nf={nf}: the DDPM network normalises with {NUM_GROUPS}-group GroupNorm, "
                          f"so model.nf must be a multiple of {NUM_GROUPS}")
-    if not ch_mult:
-        raise ValueError("model.ch_mult is empty; give one channel multiplier per resolution, e.g. (1, 2, 2, 2)")
-    factor = 2 ** (len(ch_mult) - 1)
-    if size % factor:
-        raise ValueError(f"data.image_size={size} is not divisible by {factor}, which model.ch_mult={ch_mult} "
-                         f"({len(ch_mult)} resolutions) needs; change the image size or use fewer levels")
+    check_levels(ch_mult, size)
 
 
 @MODELS.register("ddpm")

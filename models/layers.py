@@ -98,20 +98,27 @@ class NIN(nn.Module):
         return F.conv2d(x, self.W.t()[:, :, None, None], self.b)
 
 
+def residual_sum(x: torch.Tensor, h: torch.Tensor, skip_rescale: bool) -> torch.Tensor:
+    """`x + h`, or `(x + h) / √2` with `skip_rescale` (NCSN++ keeps the variance of a sum of two branches)."""
+    return (x + h) / math.sqrt(2.0) if skip_rescale else x + h
+
+
 class AttnBlock(nn.Module):
     """Single-head self-attention over all pixels with a residual connection; `[B, C, H, W]` → same shape.
 
     `q, k, v = NIN_0..2(GroupNorm_0(x))`, weights `softmax(qᵀk / √C)` over the `H·W` positions, output
-    `x + NIN_3(attention(v))` (NIN_3 starts near zero).
+    `x + NIN_3(attention(v))` (NIN_3 starts near zero, at `init_scale`), divided by √2 with `skip_rescale`.
     """
 
-    def __init__(self, channels: int, norm: Callable[[int], nn.Module] = group_norm):
+    def __init__(self, channels: int, norm: Callable[[int], nn.Module] = group_norm, init_scale: float = 0.0,
+                 skip_rescale: bool = False):
         super().__init__()
+        self.skip_rescale = skip_rescale
         self.GroupNorm_0 = norm(channels)
         self.NIN_0 = NIN(channels, channels)
         self.NIN_1 = NIN(channels, channels)
         self.NIN_2 = NIN(channels, channels)
-        self.NIN_3 = NIN(channels, channels, init_scale=0.0)
+        self.NIN_3 = NIN(channels, channels, init_scale=init_scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape
@@ -120,17 +127,18 @@ class AttnBlock(nn.Module):
         q, k, v = (nin(h).flatten(2).transpose(1, 2) for nin in (self.NIN_0, self.NIN_1, self.NIN_2))
         h = F.scaled_dot_product_attention(q, k, v)
         h = h.transpose(1, 2).reshape(B, C, H, W)
-        return x + self.NIN_3(h)
+        return residual_sum(x, self.NIN_3(h), self.skip_rescale)
 
 
 class Upsample(nn.Module):
-    """Nearest-neighbour ×2 upsampling, then a 3×3 convolution `Conv_0`: `[B, C, H, W]` → `[B, C, 2H, 2W]`."""
+    """Nearest-neighbour ×2 upsampling, then a 3×3 convolution `Conv_0`: `[B, C, H, W]` → `[B, out_ch, 2H, 2W]`
+    (`out_ch = C` without the convolution)."""
 
-    def __init__(self, channels: int, with_conv: bool = True):
+    def __init__(self, channels: int, with_conv: bool = True, out_ch: int | None = None):
         super().__init__()
         self.with_conv = with_conv
         if with_conv:
-            self.Conv_0 = ddpm_conv3x3(channels, channels)
+            self.Conv_0 = ddpm_conv3x3(channels, out_ch or channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = F.interpolate(x, scale_factor=2.0, mode="nearest")
@@ -139,13 +147,14 @@ class Upsample(nn.Module):
 
 class Downsample(nn.Module):
     """×2 downsampling: strided 3×3 `Conv_0` with TF "SAME" padding (pad right/bottom by 1), or 2×2 average
-    pooling without a convolution; `[B, C, H, W]` → `[B, C, H/2, W/2]` for even `H, W`."""
+    pooling without a convolution; `[B, C, H, W]` → `[B, out_ch, H/2, W/2]` for even `H, W` (`out_ch = C`
+    without the convolution)."""
 
-    def __init__(self, channels: int, with_conv: bool = True):
+    def __init__(self, channels: int, with_conv: bool = True, out_ch: int | None = None):
         super().__init__()
         self.with_conv = with_conv
         if with_conv:
-            self.Conv_0 = ddpm_conv3x3(channels, channels, stride=2, padding=0)
+            self.Conv_0 = ddpm_conv3x3(channels, out_ch or channels, stride=2, padding=0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.with_conv:
@@ -157,22 +166,25 @@ class ResnetBlockDDPM(nn.Module):
     """DDPM residual block: `[B, in_ch, H, W]` (+ time embedding `[B, temb_dim]`) → `[B, out_ch, H, W]`.
 
     `h = Conv_0(act(GroupNorm_0(x))) + Dense_0(act(temb))`, `h = Conv_1(dropout(act(GroupNorm_1(h))))`;
-    the skip path is `x`, or `NIN_0(x)` when the channel count changes. `Conv_1` starts near zero, so a fresh
-    block is close to the identity. Without `temb_dim` there is no `Dense_0` (unconditional network).
+    the skip path is `x`, or `NIN_0(x)` when the channel count changes; the output is `skip + h` (divided by √2
+    with `skip_rescale`). `Conv_1` starts near zero (`init_scale`), so a fresh block is close to the identity.
+    Without `temb_dim` there is no `Dense_0` (unconditional network).
     """
 
     def __init__(self, act: nn.Module, in_ch: int, out_ch: int | None = None, temb_dim: int | None = None,
-                 dropout: float = 0.1, norm: Callable[[int], nn.Module] = group_norm):
+                 dropout: float = 0.1, norm: Callable[[int], nn.Module] = group_norm, init_scale: float = 0.0,
+                 skip_rescale: bool = False):
         super().__init__()
         out_ch = out_ch or in_ch
         self.act = act
+        self.skip_rescale = skip_rescale
         self.GroupNorm_0 = norm(in_ch)
         self.Conv_0 = ddpm_conv3x3(in_ch, out_ch)
         if temb_dim is not None:
             self.Dense_0 = ddpm_linear(temb_dim, out_ch)
         self.GroupNorm_1 = norm(out_ch)
         self.Dropout_0 = nn.Dropout(dropout)
-        self.Conv_1 = ddpm_conv3x3(out_ch, out_ch, init_scale=0.0)
+        self.Conv_1 = ddpm_conv3x3(out_ch, out_ch, init_scale=init_scale)
         # The skip path needs a projection only when the channel count changes (Identity holds no weights).
         self.NIN_0 = NIN(in_ch, out_ch) if in_ch != out_ch else nn.Identity()
 
@@ -181,4 +193,4 @@ class ResnetBlockDDPM(nn.Module):
         if temb is not None:
             h = h + self.Dense_0(self.act(temb))[:, :, None, None]
         h = self.Conv_1(self.Dropout_0(self.act(self.GroupNorm_1(h))))
-        return self.NIN_0(x) + h
+        return residual_sum(self.NIN_0(x), h, self.skip_rescale)

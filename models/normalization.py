@@ -1,6 +1,7 @@
-"""Normalisation layers of the DDPM score network.
+"""Normalisation layers of the score networks.
 
-DDPM normalises with GroupNorm over 32 groups (eps 1e-6) everywhere; `model.normalization` must name it.
+DDPM normalises with GroupNorm over 32 groups (eps 1e-6) everywhere, NCSN++ with GroupNorm too (fewer groups on
+narrow layers); `model.normalization` must name it.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ def group_norm(num_channels: int) -> nn.GroupNorm:
 
 
 def get_normalization(name: str) -> Callable[[int], nn.Module]:
-    """The normalisation layer factory named `name` (`model.normalization`; only "GroupNorm" for DDPM)."""
+    """The normalisation layer factory named `name` (`model.normalization`; only "GroupNorm")."""
     if name.lower() != "groupnorm":
-        raise ValueError(f"model.normalization={name!r} is not supported by the DDPM network; use 'GroupNorm'")
+        raise ValueError(f"model.normalization={name!r} is not supported by the score networks; use 'GroupNorm'")
     return group_norm
