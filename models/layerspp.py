@@ -66,10 +66,10 @@ def upsample_conv_2d(x: torch.Tensor, weight: torch.Tensor, kernel: torch.Tensor
     """StyleGAN2's fused ×`factor` upsampling and convolution: `[B, in, H, W]` → `[B, out, factor·H, factor·W]`.
 
     A transposed convolution of stride `factor` with the spatially flipped `weight` `[out, in, k, k]`, then the FIR
-    `kernel` (already scaled by `factor²`) with the padding that centres the result. score_sde_pytorch flips the
-    weight with a negative-step slice, which PyTorch rejects, so its `Conv2d(up=True)` (FIR upsampling with a
-    convolution, and every `progressive='residual'` network) cannot run; this is the computation it ports from
-    StyleGAN2, equal to FIR upsampling followed by the 3×3 convolution.
+    `kernel` (already scaled by `factor²`) with the padding that centres the result: FIR upsampling followed by
+    the 3×3 convolution, away from a one-pixel border. score_sde_pytorch's port cannot run (it flips the weight
+    with a negative-step slice and gives the transposed convolution a 4-element stride and an output padding
+    computed from it); this is the StyleGAN2 computation it ports.
     """
     conv_size = weight.shape[-1]
     p = (kernel.shape[0] - factor) - (conv_size - 1)

@@ -65,11 +65,13 @@ class NCSNpp(nn.Module):
     `scale_by_sigma` the last layer's output is divided by the label. score_sde's VP/subVP checkpoints were trained
     on the labels `999·t` with the output `−σ·score`: they load, but score another convention.
 
-    Where score_sde_pytorch differs or cannot run:
+    Where score_sde_pytorch differs or cannot run (it runs 96 of the 288 combinations of block type, the two
+    pyramids, combine method, `fir`, `resamp_with_conv` and embedding; all run here, and equal its output where it
+    runs and where its three upsampling bugs are fixed):
       * FIR upsampling fused with a convolution (`resblock_type='ddpm'` with `fir` and `resamp_with_conv`, and every
-        `progressive='residual'` network) crashes there on a negative-step slice; here it is StyleGAN2's
-        transposed convolution with the flipped weight followed by the FIR filter (= FIR upsampling, then the 3×3
-        convolution).
+        `progressive='residual'` network with `fir`) crashes there (a negative-step slice, then a 4-element
+        stride); here it is StyleGAN2's transposed convolution with the flipped weight followed by the FIR filter
+        (= FIR upsampling, then the 3×3 convolution).
       * Non-FIR upsampling (`ddpm` blocks or `progressive='residual'` without `fir`) crashes there on a bad
         `F.interpolate` call; here it is nearest-neighbour ×2 upsampling (then the 3×3 `Conv_0` with
         `resamp_with_conv`).

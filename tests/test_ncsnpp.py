@@ -273,14 +273,19 @@ def test_compiled_network_equals_eager():
         torch.testing.assert_close(compiled(x, t), model(x, t))
 
 
-def test_parameter_count_near_the_ddpm_of_the_paper():
-    """The published NCSN++ settings at the paper's 320×320 size: ~62M parameters (DDPM: ~62M at nf=128)."""
+def test_parameter_count_of_the_published_settings():
+    """NCSN++ with the published settings on 2-channel 320×320 images: score-MRI's 61,433,601 parameters (1 channel,
+    recorded in the key fixture) plus what the second channel adds."""
     from configs.hfssde.ncsnpp_continuous import get_config as paper_config  # noqa: PLC0415
 
     with torch.device("meta"):
         model = NCSNpp(paper_config())
-    count = sum(p.numel() for p in model.parameters())
-    assert math.isclose(count, 61.4e6, rel_tol=0.02)
+    recorded = KEYS["configs"]["score_mri_fastmri_knee_320"]["state_dict"]
+    one_channel = sum(math.prod(shape) for key, shape, _ in recorded if key != "sigmas")
+    assert one_channel == 61_433_601
+    # 3×3 weights from 128 channels in the input convolution, the first input-pyramid downsampling and the output
+    # convolution, and one output bias.
+    assert sum(p.numel() for p in model.parameters()) == one_channel + 3 * 9 * 128 + 1
 
 
 @pytest.mark.slow
