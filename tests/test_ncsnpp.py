@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 import sde_lib
 from configs.ncsnpp_tiny import get_config
-from models import create_model, get_score_fn
+from models import MODELS, create_model, get_score_fn
 from models.layerspp import conv_downsample_2d, fir_kernel_2d, upfirdn2d, upsample_conv_2d
 from models.ncsnpp import NCSNpp
 
@@ -320,3 +320,17 @@ def test_trains_and_reconstructs_with_pc_ode_and_ddim(phantom, make_fastmri, tmp
         config.sampling.output_dir = str(tmp_path / method)
         summary = reconstruct(config, str(tmp_path))
         assert summary["n_slices"] == 1 and math.isfinite(summary["psnr"]), method
+
+
+@pytest.mark.parametrize("method, sde, scale_by_sigma", [("hfssde", "hfssde", False), ("vp", "vpsde", False),
+                                                        ("ve", "vesde", True)])
+def test_method_configs_build_ncsnpp_with_their_sde_settings(method, sde, scale_by_sigma):
+    module = __import__(f"configs.{method}.ncsnpp_continuous", fromlist=["get_config"])
+    ddpm = __import__(f"configs.{method}.ddpm_continuous", fromlist=["get_config"]).get_config()
+    config = module.get_config()
+    assert config.model.name == "ncsnpp" and config.training.sde == sde
+    assert config.model.scale_by_sigma == scale_by_sigma
+    assert config.sampling.to_dict() == ddpm.sampling.to_dict() and config.training.to_dict() == ddpm.training.to_dict()
+    assert MODELS.get(config.model.name) is NCSNpp
+    with torch.device("meta"):
+        NCSNpp(config)
