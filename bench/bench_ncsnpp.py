@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench_sampler import timed  # noqa: E402
 from configs.hfssde.ddpm_continuous import get_config as ddpm_config  # noqa: E402
 from configs.hfssde.ncsnpp_continuous import get_config as ncsnpp_config  # noqa: E402
-from models import create_model  # noqa: E402
+from runners.build import create_model  # noqa: E402
 
 
 def main() -> None:

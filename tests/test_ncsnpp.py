@@ -4,7 +4,7 @@ native upfirdn2d, and the network in training and reconstruction.
 The fixtures in tests/fixtures/ were recorded from yang-song/score_sde_pytorch (commit in each file) in a scratch
 folder outside the repository, on the CPU with its `op/upfirdn2d.py` loading no compiled extension (its native CPU
 path then runs):
-  * `ncsnpp_reference_keys.json`: `NCSNpp(config).state_dict()` — every key in order, its shape and dtype — and the
+  * `ncsnpp_reference_keys.json`: `NCSNpp.from_config(config).state_dict()` — every key in order, its shape and dtype — and the
     frozen parameters, for score-MRI's fastMRI knee config and score_sde's CIFAR-10 VE/VP and CelebA-HQ 256 configs.
   * `ncsnpp_reference_forward.json`: the output of tiny networks (8×8, two levels) on random weights; its `recipe`
     says how weights and inputs were drawn, which `random_weights` below repeats. Cases marked "published,
@@ -23,11 +23,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import sde_lib
 from configs.ncsnpp_tiny import get_config
-from models import MODELS, create_model, get_score_fn
+from models import MODELS, get_score_fn
 from models.layerspp import conv_downsample_2d, fir_kernel_2d, upfirdn2d, upsample_conv_2d
 from models.ncsnpp import NCSNpp
+from runners.build import create_model, make_sde
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
@@ -68,7 +68,7 @@ def random_weights(model: torch.nn.Module, seed: int = 1) -> torch.Generator:
 def test_state_dict_keys_shapes_and_dtypes_equal_score_sde(name):
     recorded = KEYS["configs"][name]
     with torch.device("meta"):
-        model = NCSNpp(configured(recorded["model"], recorded["data"]))
+        model = NCSNpp.from_config(configured(recorded["model"], recorded["data"]))
     layout = [[key, list(value.shape), str(value.dtype).replace("torch.", "")]
               for key, value in model.state_dict().items()]
     assert layout == recorded["state_dict"]
@@ -92,7 +92,7 @@ def test_sigmas_and_fourier_weights_are_kept_as_published():
 
 @pytest.mark.parametrize("case", FORWARD["cases"], ids=[case["name"] for case in FORWARD["cases"]])
 def test_forward_equals_score_sde_on_random_weights(case):
-    model = NCSNpp(configured(case["model"], case["data"])).eval()
+    model = NCSNpp.from_config(configured(case["model"], case["data"])).eval()
     generator = random_weights(model)
     x = torch.randn(2, 2, 8, 8, generator=generator)
     with torch.no_grad():
@@ -120,7 +120,7 @@ def run_combinations(combinations) -> None:
     for values in combinations:
         config = configured(dict(zip(OPTIONS, values), nf=8, attn_resolutions=(4,)), {"image_size": 8})
         with torch.no_grad():
-            out = NCSNpp(config).eval()(x, labels)
+            out = NCSNpp.from_config(config).eval()(x, labels)
         assert out.shape == x.shape and torch.isfinite(out).all(), dict(zip(OPTIONS, values))
 
 
@@ -150,7 +150,7 @@ def test_skip_rescale_init_scale_and_scale_by_sigma():
 
 
 def test_attention_at_the_configured_resolutions():
-    attention_blocks = lambda config: sum(type(m).__name__ == "AttnBlock" for m in NCSNpp(config).all_modules)
+    attention_blocks = lambda config: sum(type(m).__name__ == "AttnBlock" for m in NCSNpp.from_config(config).all_modules)
     assert attention_blocks(configured({"attn_resolutions": ()}, {})) == 1  # the middle block only
     assert attention_blocks(configured({"attn_resolutions": (16,)}, {})) == 3  # + one per encoder/decoder level
     assert attention_blocks(configured({"attn_resolutions": (32, 16)}, {})) == 5
@@ -175,7 +175,7 @@ def test_config_errors_name_the_key(key, value, message):
     config = get_config()
     config.model[key] = value
     with pytest.raises(ValueError, match=message):
-        NCSNpp(config)
+        NCSNpp.from_config(config)
 
 
 def test_input_size_not_divisible_is_rejected():
@@ -236,10 +236,10 @@ def test_fir_resampling_keeps_constant_images_constant():
     torch.testing.assert_close(out[..., 2:-2, 2:-2], torch.ones(1, 1, 12, 12))
 
 
-@pytest.mark.parametrize("sde_class", [sde_lib.VESDE, sde_lib.VPSDE, sde_lib.HFS_SDE])
-def test_score_fn_labels_are_marginal_std(sde_class):
-    config = get_config()
-    sde = sde_class(config)
+@pytest.mark.parametrize("sde_name", ["vesde", "vpsde", "hfssde"])
+def test_score_fn_labels_are_marginal_std(sde_name):
+    config = get_config(sde_name)
+    sde = make_sde(config)
     model = create_model(config)
     x, t = torch.randn(2, 2, 32, 32), torch.tensor([0.3, 0.9])
     with torch.no_grad():
@@ -250,7 +250,7 @@ def test_bf16_autocast_and_backward():
     config = get_config()
     model = create_model(config)
     x, t = torch.randn(2, 2, 32, 32), torch.tensor([0.3, 0.9])
-    sde = sde_lib.HFS_SDE(config)
+    sde = make_sde(config)
     full = get_score_fn(sde, model)(x, t)
     half = get_score_fn(sde, model, bf16=True)(x, t)
     assert half.dtype == torch.float32
@@ -279,7 +279,7 @@ def test_parameter_count_of_the_published_settings():
     from configs.hfssde.ncsnpp_continuous import get_config as paper_config  # noqa: PLC0415
 
     with torch.device("meta"):
-        model = NCSNpp(paper_config())
+        model = NCSNpp.from_config(paper_config())
     recorded = KEYS["configs"]["score_mri_fastmri_knee_320"]["state_dict"]
     one_channel = sum(math.prod(shape) for key, shape, _ in recorded if key != "sigmas")
     assert one_channel == 61_433_601
@@ -333,4 +333,4 @@ def test_method_configs_build_ncsnpp_with_their_sde_settings(method, sde, scale_
     assert config.sampling.to_dict() == ddpm.sampling.to_dict() and config.training.to_dict() == ddpm.training.to_dict()
     assert MODELS.get(config.model.name) is NCSNpp
     with torch.device("meta"):
-        NCSNpp(config)
+        NCSNpp.from_config(config)
