@@ -45,11 +45,6 @@ def get_config(sde: str):
     augment.flip, augment.rotate, augment.scale = 0.5, 10.0, 0.1
     augment.gamma, augment.bias, augment.phase = 0.3, 0.3, 3.0
     augment.scalp, augment.min_coils = 0.7, 4
-    # The acquisition, randomised so that the networks see images as scanners deliver them (stage 2 of the recipe,
-    # demo/README.md): a fresh coil array (4-16 birdcage coils or surface loops, half of them around a 2x
-    # oversampled readout), noise up to 3 % of the brightest coil image, correlated coils, estimated maps.
-    augment.acquisition, augment.max_coils, augment.oversample, augment.loops = 0.8, 16, 0.5, 0.3
-    augment.noise, augment.noise_correlation, augment.estimated_maps = 0.03, 0.3, 0.5
 
     optim.lr = 5e-4
     optim.warmup = 100
