@@ -133,15 +133,46 @@ def index_cache_path(kspace_root: str, maps_root: str) -> Path:
     return cache / (hashlib.sha1(key.encode()).hexdigest()[:16] + ".json")
 
 
-def list_h5_files(folder: str, what: str = "k-space") -> list[str]:
-    """Sorted `.h5` files of a folder; a clear error when the folder is missing or holds none."""
+# The data sets of the bundled configs: folder (relative to the repository) -> (command that writes it, run from
+# the repository folder; whether it needs nothing downloaded, so training and tuning generate it on first use).
+_PHANTOM = "python data_prepare/generate_smaps_phantom.py --out {out} --size {size}"
+BUNDLED_SETS = {
+    "data/phantom": (_PHANTOM + " --train 200 --val 8", True),
+    "data/phantom_demo": (_PHANTOM + " --train 400 --val 4 --seed 7", True),
+    "data/brain_demo": ("pip download nilearn --no-deps -d /tmp/wheels && python data_prepare/generate_brain_demo.py "
+                        "--source /tmp/wheels --out {out} --size {size}", False),
+}
+_REPO = os.path.dirname(os.path.abspath(__file__))
+
+
+def data_command(folder: str, image_size: int) -> tuple[str, bool] | None:
+    """`(command, needs no download)` that writes `folder` when it is a split of a bundled config's data set
+    (`BUNDLED_SETS`, images of `image_size`), else None."""
+    parent = os.path.relpath(os.path.dirname(os.path.abspath(folder)), _REPO)
+    if parent not in BUNDLED_SETS:
+        return None
+    command, generated = BUNDLED_SETS[parent]
+    return command.format(out=os.path.dirname(os.path.normpath(folder)), size=image_size), generated
+
+
+def missing_folder_hint(folder: str, image_size: int) -> str:
+    """How to make a missing data folder: the bundled set's command, else the config keys and the maps script."""
+    known = data_command(folder, image_size)
+    if known is not None:
+        return f"create it with `{known[0]}`"
+    return ("set the data folder keys in the config (data.root, data.eval_root, data.test_roots.*) to folders of "
+            "fastMRI multi-coil .h5 files (maps: `python data_prepare/generate_smaps_fastMRI.py --input <folder>`)")
+
+
+def list_h5_files(folder: str, what: str = "k-space", image_size: int = 320) -> list[str]:
+    """Sorted `.h5` files of a folder; a clear error, naming the command that makes the data, when the folder is
+    missing or holds none."""
     if not os.path.isdir(folder):
-        raise FileNotFoundError(f"{what} folder {folder} does not exist; set the data folder keys in the config "
-                                f"(data.root, data.eval_root, data.test_roots.*) or create the data "
-                                f"(python data_prepare/generate_smaps_phantom.py for the phantom set)")
+        raise FileNotFoundError(f"{what} folder {folder} does not exist; {missing_folder_hint(folder, image_size)}")
     files = sorted(os.path.join(folder, f) for f in os.listdir(folder) if f.endswith(".h5"))
     if not files:
-        raise FileNotFoundError(f"{what} folder {folder} holds no .h5 files")
+        raise FileNotFoundError(f"{what} folder {folder} holds no .h5 files; "
+                                f"{missing_folder_hint(folder, image_size)}")
     return files
 
 
@@ -215,7 +246,7 @@ def build_index(kspace_root: str, maps_root: str, image_size: int, skip_broken: 
         FileNotFoundError: a folder is missing or holds no `.h5` files.
         DataError: a broken file (unless `skip_broken`, which warns and leaves the file out), or nothing usable.
     """
-    files = list_h5_files(kspace_root, "k-space")
+    files = list_h5_files(kspace_root, "k-space", image_size)
     if not os.path.isdir(maps_root):
         raise FileNotFoundError(f"maps folder {maps_root} (for {kspace_root}) does not exist; create it with "
                                 f"`python data_prepare/generate_smaps_fastMRI.py --input {kspace_root} "

@@ -10,6 +10,7 @@ This is the only module that reads absl flags; everything below takes `(config, 
 import os
 import re
 import sys
+import traceback
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -57,13 +58,43 @@ def user_message(err: BaseException) -> str:
     return str(err)
 
 
+def config_argument(argv: list[str]) -> str | None:
+    """The value of `--config` in `argv` (`--config=FILE` or `--config FILE`), or None."""
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+    return None
+
+
+def config_file_line(err: BaseException, path: str) -> int | None:
+    """The line of config file `path` where `err` was raised (a syntax error's line, or the deepest frame of the
+    file in the traceback); None when the error did not come from the file."""
+    if isinstance(err, SyntaxError) and err.filename and os.path.abspath(err.filename) == os.path.abspath(path):
+        return err.lineno
+    frames = [f for f in traceback.extract_tb(err.__traceback__) if os.path.abspath(f.filename) == os.path.abspath(path)]
+    return frames[-1].lineno if frames else None
+
+
 def parse_flags(argv):
-    """Parse flags; a bad flag or an unknown config key becomes one readable line instead of a traceback."""
+    """Parse flags; a bad flag, an unknown config key, or a missing or broken config file becomes one readable line
+    instead of a traceback."""
+    path = config_argument(argv)
+    if path is not None and not os.path.isfile(path):
+        sys.exit(f"main.py: config file {path} does not exist; give a file of configs/ (e.g. --config "
+                 f"configs/hfssde/ddpm_continuous.py or configs/hfssde/brain_demo.py)")
     try:
         return FLAGS(argv)
     except flags.Error as err:
         text = str(err)
-    except (AttributeError, KeyError) as err:
+    except Exception as err:  # noqa: BLE001 - an error of the config file is named with its line; others re-raised
+        line = config_file_line(err, path) if path else None
+        if line is not None:
+            message = err.msg if isinstance(err, SyntaxError) else f"{type(err).__name__}: {err}"
+            sys.exit(f"main.py: config file {path}, line {line}: {message}; fix the file")
+        if not isinstance(err, (AttributeError, KeyError)):
+            raise
         leaf = re.search(r"'([^'\\]+)", str(err))
         overrides = [a.split("=")[0] for a in argv if a.startswith("--config.")]
         override = next((o for o in overrides if leaf and f".{leaf.group(1)}." in o + "."), "--config.*")

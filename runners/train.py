@@ -32,6 +32,7 @@ import sampling
 from models.ema import ExponentialMovingAverage
 from runners import build
 from runners.distributed import Dist, all_rng_states, from_rank0, init_distributed, set_rng_state
+from runners.first_use import prepare_data
 from runners.run_folder import FINISHED_FILE, META_CHECKPOINT, open_run, save_config
 from utils import checkpoints, metrics
 from utils.common import derived_seed, seed_everything
@@ -381,6 +382,8 @@ def train(config, workdir: str) -> str:
                 if not ctx.is_main:
                     logging.getLogger().setLevel(logging.WARNING)
                 seed_everything(config.seed + ctx.rank)
+                from_rank0(ctx, lambda: prepare_data([config.data.root, config.data.eval_root],
+                                                     config.data.image_size))
                 loop = _TrainLoop(config, ctx)
                 loop.run_dir = from_rank0(ctx, lambda: open_run(config, workdir, stack))
                 stack.enter_context(_log_file(os.path.join(loop.run_dir, "train.log"), ctx.is_main))
