@@ -26,14 +26,17 @@ import dataclasses
 import logging
 import math
 import os
+import sys
 import time
 from typing import Callable
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 import datasets
 from runners import build
+from runners.first_use import prepare_data
 from runners.reconstructor import Reconstructor, apply_tuned, slice_seed
 from utils import metrics
 from utils.atomic import atomic_path, write_json
@@ -200,6 +203,10 @@ class Tuner:
         self.truth = sense_adjoint(self.data["kspace"], self.data["maps"], 1.0).abs()[:, 0].cpu().numpy()
         logging.info("tuning %s on %d validation slices of %s for %s into %s", self.description, len(self.truth),
                      config.data.eval_root, metric, self.out)
+        if self.trials.rows:
+            logging.info("reusing the %d finished trials of %s", len(self.trials.rows), self.trials.path)
+        self.progress: tqdm | None = None
+        self.new_trials = 0
 
     def values(self, point: tuple[int, ...]) -> tuple:
         return tuple(self.axes[a][1][i] for a, i in enumerate(point))
@@ -225,16 +232,40 @@ class Tuner:
             result = self._run(values)
             self.trials.add(values, result)
             done = self.trials.get(values)
-            logging.info("trial %d: %s -> PSNR %.2f dB, SSIM %.4f", len(self.trials.rows),
-                         dict(zip(self.keys, values)), result["psnr"], result["ssim"])
+            self._advance(values, result)
         value = float(done[self.metric])
         return value if math.isfinite(value) else -math.inf
+
+    def planned_trials(self, start: tuple[int, ...]) -> int:
+        """Trials of a search from `start` that improves nothing: the start, one coarse sweep, one refining sweep."""
+        coarse = sum(len(grid[::2]) - 1 if ordered else len(grid) - 1 for _, grid, ordered in self.axes)
+        fine = sum(len([i for i in (s - 1, s + 1) if 0 <= i < len(grid)]) for s, (_, grid, ordered)
+                   in zip(start, self.axes) if ordered)
+        return 1 + coarse + fine
+
+    def _advance(self, values: tuple, result: dict) -> None:
+        """Log a finished trial and move the progress bar; the first new trial sets the estimate of the length."""
+        logging.info("trial %d: %s -> PSNR %.2f dB, SSIM %.4f", len(self.trials.rows), dict(zip(self.keys, values)),
+                     result["psnr"], result["ssim"])
+        self.new_trials += 1
+        if self.progress is None:
+            return
+        if self.new_trials == 1:
+            logging.info("tune: %d trials planned (more while a sweep improves); the first took %.0f s, so about "
+                         "%.0f min in all", self.progress.total, result["seconds"],
+                         math.ceil(self.progress.total * result["seconds"] / 60))
+        self.progress.total = max(self.progress.total, self.new_trials)
+        self.progress.update(1)
 
     def search(self) -> dict:
         """Run the search (module docstring); returns the best settings with their scores and the folder."""
         settings = self.reconstructor.settings
         start = tuple(_snap(getattr(settings, field), grid) for field, (_, grid, _) in zip(self.fields, self.axes))
-        point, _ = coordinate_search(self.objective, self.axes, start)
+        planned = max(self.planned_trials(start) - len(self.trials.rows), 1)
+        with tqdm(total=planned, unit="trial", desc="tune", disable=not sys.stderr.isatty(),
+                  dynamic_ncols=True) as self.progress:
+            point, _ = coordinate_search(self.objective, self.axes, start)
+        self.progress = None
         best = dict(zip(self.keys, self.values(point)))
         row = self.trials.get(tuple(best.values()))
         result = {"sampling": best, "metric": self.metric, "psnr": float(row["psnr"]), "ssim": float(row["ssim"]),
@@ -249,5 +280,12 @@ class Tuner:
 
 
 def tune(config, workdir: str, metric: str = "psnr", num_slices: int = 2) -> dict:
-    """Search the sampler (or baseline) settings of `config` on validation slices; see the module docstring."""
-    return Tuner(config, workdir, metric, num_slices).search()
+    """Search the sampler (or baseline) settings of `config` on validation slices; see the module docstring.
+    Ctrl-C stops it with one line; the finished trials stay in `trials.csv` for the rerun."""
+    prepare_data([config.data.eval_root], config.data.image_size)
+    tuner = Tuner(config, workdir, metric, num_slices)
+    try:
+        return tuner.search()
+    except KeyboardInterrupt:
+        raise SystemExit(f"tune: interrupted; {len(tuner.trials.rows)} finished trials are kept in "
+                         f"{tuner.trials.path}, rerun the same command to continue") from None

@@ -3,6 +3,7 @@ import csv
 import itertools
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -11,7 +12,7 @@ import pytest
 
 from configs.hfssde.phantom_demo import get_config as phantom_config
 from runners.reconstructor import apply_tuned
-from runners.tune import Tuner, _snap, coordinate_search, search_axes
+from runners.tune import Tuner, _snap, coordinate_search, search_axes, tune
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_AXES = [("snr_accelerated", (0.04, 0.08, 0.16, 0.32), True), ("mse", (0.25, 1.0, 4.0), True),
@@ -113,3 +114,27 @@ def test_search_axes_are_fields_of_the_method_settings():
     config.sampling.method = "zero_filled"
     with pytest.raises(ValueError, match="sampling.method='zero_filled' has no settings to tune"):
         search_axes(config)
+
+
+def test_tune_plans_reuses_and_stops_on_ctrl_c_with_its_trials_kept(tmp_path, monkeypatch, caplog):
+    calls = []
+
+    def fake_run(self, values):
+        calls.append(values)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return {"psnr": 30.0 + len(calls), "ssim": 0.5, "seconds": 90.0}
+
+    monkeypatch.setattr(Tuner, "_run", fake_run)
+    caplog.set_level("INFO")
+    with pytest.raises(SystemExit, match=r"tune: interrupted; 2 finished trials are kept in .*trials\.csv, rerun"):
+        tune(tune_config(), str(tmp_path))
+    assert re.search(r"tune: \d+ trials planned .*the first took 90 s, so about \d+ min in all", caplog.text)
+    with open(next((tmp_path / "tune").glob("*/trials.csv"))) as f:
+        assert len(list(csv.DictReader(f))) == 2
+    caplog.clear()
+    with pytest.raises(SystemExit, match="interrupted; 3 finished"):
+        calls.clear()
+        calls.append(None)
+        tune(tune_config(), str(tmp_path))
+    assert "reusing the 2 finished trials of" in caplog.text
