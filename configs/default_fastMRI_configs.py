@@ -4,6 +4,8 @@ Method files (`configs/{hfssde,vp,ve}/ddpm_continuous.py`) start from `get_defau
 keys. Every key is read somewhere in the code; `python main.py --config <file> --config.<group>.<key>=<value>`
 overrides any of them from the command line.
 """
+import os
+
 import ml_collections
 import torch
 
@@ -20,6 +22,8 @@ def get_default_configs() -> ml_collections.ConfigDict:
     # Frequencies in steps (epochs for epoch_snapshot_freq); a value <= 0 turns that action off.
     training.snapshot_freq = 50000  # checkpoints/checkpoint_step_{step}.pth
     training.epoch_snapshot_freq = 5  # checkpoints/checkpoint_{epoch}.pth every this many epochs
+    training.keep_epoch_checkpoints = 3  # keep the last this many checkpoint_{epoch}.pth (<= 0: keep every one)
+    training.keep_epochs = ()  # epochs whose checkpoint_{epoch}.pth is kept as well, e.g. "(190,)"
     training.log_freq = 50
     training.eval_freq = 100
     training.snapshot_freq_for_preemption = 10000  # checkpoints-meta/checkpoint.pth, the resume point
@@ -33,7 +37,8 @@ def get_default_configs() -> ml_collections.ConfigDict:
     training.acs = 16
     training.mean_equal = "noequal"  # "equal": e^c replaced by (1 + c/1e6)^1e6 as in the paper's ablation
     training.skip_slices = 6  # first slices of each volume left out of training (mostly noise)
-    training.num_workers = 4
+    training.num_workers = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else
+                               os.cpu_count() or 1)  # loader processes: at most one per CPU core
     training.bf16 = False  # bf16 autocast (CUDA only)
     training.compile = False  # torch.compile the score network (CUDA only)
     training.channels_last = False

@@ -15,6 +15,7 @@ import contextlib
 import itertools
 import logging
 import os
+import re
 import sys
 import time
 
@@ -63,6 +64,9 @@ def _build_model(config, ctx: Dist, compile_: bool):
     if compile_:
         wrapped = torch.compile(wrapped)
     return model, wrapped
+
+
+_EPOCH_CHECKPOINT = re.compile(r"checkpoint_(\d+)\.pth")
 
 
 def _every(step: int, freq: int) -> bool:
@@ -218,6 +222,7 @@ class _TrainLoop:
             self.state["epoch"], self.state["batch_in_epoch"] = epoch + 1, 0
             if _every(epoch + 1, self.config.training.epoch_snapshot_freq):
                 self._save([os.path.join("checkpoints", f"checkpoint_{epoch + 1}.pth"), META_CHECKPOINT])
+                self._prune_epoch_checkpoints()
                 self._sample_snapshot()
 
     def _step(self, batch: dict) -> None:
@@ -326,6 +331,17 @@ class _TrainLoop:
             self.writer.flush()
         self.last_saved = (os.path.join(self.run_dir, names[0]), self.state["step"])
         self._window["paused"] += time.perf_counter() - start
+
+    def _prune_epoch_checkpoints(self) -> None:
+        """Delete the epoch checkpoints older than the last `training.keep_epoch_checkpoints` (rank 0), except
+        those of `training.keep_epochs`, so a long run's disk use stays bounded."""
+        keep_last, folder = self.config.training.keep_epoch_checkpoints, os.path.join(self.run_dir, "checkpoints")
+        if keep_last <= 0 or not self.ctx.is_main:
+            return
+        epochs = sorted(int(m.group(1)) for m in map(_EPOCH_CHECKPOINT.fullmatch, os.listdir(folder)) if m)
+        for epoch in epochs[:-keep_last]:
+            if epoch not in self.config.training.keep_epochs:
+                os.remove(os.path.join(folder, f"checkpoint_{epoch}.pth"))
 
     def _check_replicas(self) -> None:
         """With several processes, verify that every rank ends with the same parameters (per-tensor checksums)."""

@@ -81,6 +81,15 @@ def test_loss_falls_and_tensorboard_holds_the_scalars(phantom, tmp_path):
     assert load(run_dir)["step"] == 200
 
 
+def test_only_the_last_epoch_checkpoints_and_the_kept_ones_stay(phantom, tmp_path):
+    config = tiny(phantom, training__batch_size=6, training__n_iters=10, training__epoch_snapshot_freq=1,
+                  training__keep_epoch_checkpoints=2, training__keep_epochs=(2,), training__eval_freq=0,
+                  training__snapshot_freq=0)
+    run_dir = train(config, str(tmp_path))  # 2 steps per epoch: 5 epochs
+    assert sorted(os.listdir(os.path.join(run_dir, "checkpoints"))) == [
+        "checkpoint_2.pth", "checkpoint_4.pth", "checkpoint_5.pth"]
+
+
 def test_resumed_run_equals_uninterrupted_run(phantom, tmp_path):
     """Stop at step 11 (mid-epoch: 6 steps per epoch), resume to 20; compare with 20 steps in one go."""
     common = dict(training__snapshot_freq_for_preemption=4, training__eval_freq=5, model__dropout=0.1)
