@@ -160,8 +160,8 @@ def missing_folder_hint(folder: str, image_size: int) -> str:
     known = data_command(folder, image_size)
     if known is not None:
         return f"create it with `{known[0]}`"
-    return ("set the data folder keys in the config (data.root, data.eval_root, data.test_roots.*) to folders of "
-            "fastMRI multi-coil .h5 files (maps: `python data_prepare/generate_smaps_fastMRI.py --input <folder>`)")
+    return ("give a folder of fastMRI multi-coil .h5 files (config keys data.root, data.eval_root, "
+            "data.test_roots.<set>)")
 
 
 def list_h5_files(folder: str, what: str = "k-space", image_size: int = 320) -> list[str]:

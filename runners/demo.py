@@ -27,6 +27,7 @@ from configs.hfssde.phantom_demo import get_config as hfs_phantom
 from configs.vp.brain_demo import get_config as vp_brain
 from configs.vp.phantom_demo import get_config as vp_phantom
 from runners.build import is_diffusion
+from runners.outputs import mat_path, read_rows
 from runners.reconstruct import reconstruct
 from utils.atomic import atomic_path, write_json
 from utils.figures import save_comparison
@@ -80,17 +81,20 @@ def table(rows: list[dict]) -> str:
 
 def figures(rows: list[dict], out: str, name: str) -> None:
     """`comparison_<set>_acc{R}.png`: the first test slice, every method side by side (and HFS-SDE's posterior std
-    map, 5× brighter) with the ground truth."""
+    map, 5× brighter) with the ground truth, each titled with that slice's own PSNR and SSIM."""
     for acc in sorted({r["acc"] for r in rows}):
         panels, truth = [], None
         for r in (r for r in rows if r["acc"] == acc):
-            mat_name = sorted(f for f in os.listdir(r["folder"]) if f.startswith("recon_") and f.endswith(".mat"))[0]
-            mat = scipy.io.loadmat(os.path.join(r["folder"], mat_name))
+            first = read_rows(os.path.join(r["folder"], "metrics.csv"))[0]
+            mat = scipy.io.loadmat(mat_path(r["folder"], first["fname"], first["slice"]))
             truth = np.abs(mat["ground_truth"])
-            panels.append((r["method"], np.abs(mat["recon"]), {"psnr": r["psnr"], "ssim": r["ssim"]}))
+            samples = f" (mean of {r['num_samples']} samples)" if r["num_samples"] > 1 else ""
+            panels.append((r["method"] + samples, np.abs(mat["recon"]), first))
             if r["method"] == "HFS-SDE" and "std" in mat:
                 panels.append((f"HFS-SDE std of {r['num_samples']} samples ×5", 5 * mat["std"], None))
-        save_comparison(os.path.join(out, f"comparison_{name}_acc{acc}.png"), panels, truth)
+        heading = (f"{name.capitalize()} demo, test slice {first['fname']} #{first['slice']}, {acc}× (uniform mask, "
+                   f"24 ACS lines): PSNR and SSIM of this slice")
+        save_comparison(os.path.join(out, f"comparison_{name}_acc{acc}.png"), panels, truth, heading)
 
 
 def main(argv=None) -> int:

@@ -139,12 +139,14 @@ class Reconstructor:
 
 
 def method_label(config) -> str:
-    """The method as a figure title: `HFS-SDE PC, 100 steps` for a diffusion sampler, `CG-SENSE` for a baseline
-    (labels from the registries)."""
+    """The method as a figure title: `HFS-SDE PC, 100 steps` for a diffusion sampler (`..., mean of 4 samples` with
+    posterior samples), `CG-SENSE` for a baseline (labels from the registries)."""
     entry = build.METHODS.entry(config.sampling.method)
     if entry.kind != "diffusion":
         return entry.label
-    return f"{build.sde_label(config)} {entry.label}, {build.sampling_schedule(config)[0]} steps"
+    samples = config.sampling.num_samples
+    mean = f", mean of {samples} samples" if samples > 1 else ""
+    return f"{build.sde_label(config)} {entry.label}, {build.sampling_schedule(config)[0]} steps{mean}"
 
 
 def _check_low_frequencies_measured(config, sde) -> None:

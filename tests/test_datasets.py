@@ -419,3 +419,16 @@ def test_error_in_a_loader_worker_keeps_its_one_line_message(make_fastmri):
     with pytest.raises(datasets.DataError) as err:
         next(iter(loader))
     assert str(err.value).startswith("cannot read slice ") and "\n" not in str(err.value)
+
+
+def test_a_missing_folder_of_a_bundled_set_names_its_command(tmp_path):
+    brain = os.path.join(REPO, "data", "brain_demo", "train")
+    command, generated = datasets.data_command(brain, 128)
+    assert not generated and command.startswith("pip download nilearn --no-deps -d /tmp/wheels && python "
+                                                 "data_prepare/generate_brain_demo.py --source /tmp/wheels --out ")
+    assert command.endswith(f"{os.path.dirname(brain)} --size 128")
+    command, generated = datasets.data_command(os.path.join(REPO, "data", "phantom", "val"), 64)
+    assert generated and "generate_smaps_phantom.py" in command and "--size 64 --train 200 --val 8" in command
+    assert datasets.data_command(str(tmp_path / "knee" / "train"), 320) is None
+    with pytest.raises(FileNotFoundError, match=r"knee does not exist; give a folder of fastMRI multi-coil"):
+        datasets.list_h5_files(str(tmp_path / "knee"))

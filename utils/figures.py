@@ -49,15 +49,18 @@ def save_panel(path: str, zero_filled: np.ndarray, recon: np.ndarray, truth: np.
     _save(fig, path)
 
 
-def save_comparison(path: str, rows: list[tuple[str, np.ndarray, dict | None]], truth: np.ndarray) -> None:
-    """One row of images, one per method (`(name, magnitude [H, W], metrics)`), then the ground truth."""
+def save_comparison(path: str, rows: list[tuple[str, np.ndarray, dict | None]], truth: np.ndarray,
+                    heading: str) -> None:
+    """One row of images, one per method (`(name, magnitude [H, W], metrics)`), then the ground truth, under
+    `heading` (what the figure shows)."""
     vmax = float(truth.max()) or 1.0
     columns = rows + [("ground truth", truth, None)]
-    fig, axes = plt.subplots(1, len(columns), figsize=(3.2 * len(columns), 3.9))
+    fig, axes = plt.subplots(1, len(columns), figsize=(3.2 * len(columns), 4.2))
     for ax, (name, image, metrics) in zip(np.atleast_1d(axes), columns):
         ax.imshow(image, cmap="gray", vmin=0, vmax=vmax)
         ax.set_title(_title(name, metrics), fontsize=9)
         ax.axis("off")
+    fig.suptitle(heading, fontsize=10)
     fig.tight_layout()
     _save(fig, path)
 
