@@ -238,10 +238,11 @@ class Tuner:
 
     def planned_trials(self, start: tuple[int, ...]) -> int:
         """Trials of a search from `start` that improves nothing: the start, one coarse sweep, one refining sweep."""
-        coarse = sum(len(grid[::2]) - 1 if ordered else len(grid) - 1 for _, grid, ordered in self.axes)
-        fine = sum(len([i for i in (s - 1, s + 1) if 0 <= i < len(grid)]) for s, (_, grid, ordered)
-                   in zip(start, self.axes) if ordered)
-        return 1 + coarse + fine
+        trials = 1
+        for s, (_, grid, ordered) in zip(start, self.axes):
+            coarse = [i for i in range(len(grid)) if not ordered or (i - s) % 2 == 0]
+            trials += len(coarse) - 1 + (len([i for i in (s - 1, s + 1) if 0 <= i < len(grid)]) if ordered else 0)
+        return trials
 
     def _advance(self, values: tuple, result: dict) -> None:
         """Log a finished trial and move the progress bar; the first new trial sets the estimate of the length."""

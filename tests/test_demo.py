@@ -1,10 +1,12 @@
 """The bundled demo: a fast smoke run (default tier) and the full run against the README claims (--runslow)."""
 import json
 import os
+import re
 
 import pytest
 
 from runners import demo
+from runners.demo import SETS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -20,24 +22,60 @@ def test_demo_fast_runs_every_method(tmp_path, capsys):
     assert "| 4× | HFS-SDE |" in capsys.readouterr().out
 
 
-def documented_psnr():
-    """PSNR per (set, method, acc) from the results tables (one per `### <Set>` section) in demo/README.md."""
+def psnr_tables(path: str, section_of) -> dict:
+    """PSNR per (section, method, acc) of the 7-column demo tables in a Markdown file; `section_of(line, current)`
+    gives the section that a line outside the tables opens (or `current`; None for text that is no demo table's)."""
     table, section = {}, None
-    for line in open(os.path.join(ROOT, "demo", "README.md")):
+    for line in open(path, encoding="utf-8"):
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) == 7 and cells[0].endswith("×"):
-            table[(section, cells[1], int(cells[0][:-1]))] = float(cells[3])
-        elif line.startswith("### "):
-            section = line[4:].split()[0].lower()
+            if section is not None:
+                table[(section, cells[1], int(cells[0][:-1]))] = float(cells[3])
+        else:
+            section = section_of(line, section)
     return table
 
 
-@pytest.mark.slow
-def test_demo_matches_the_documented_table(tmp_path):
-    demo.main(["--out", str(tmp_path)])
-    rows = {(r["set"], r["method"], r["acc"]): r for r in json.load(open(tmp_path / "summary.json"))}
-    assert rows[("phantom", "HFS-SDE", 4)]["psnr"] >= rows[("phantom", "zero-filled", 4)]["psnr"] + 3
-    documented = documented_psnr()
-    assert set(documented) == set(rows)
+def documented_psnr() -> dict:
+    """The results tables of demo/README.md, one per `### <Set>` section (the first test slice of each set)."""
+    return psnr_tables(os.path.join(ROOT, "demo", "README.md"),
+                       lambda line, current: line[4:].split()[0].lower() if line.startswith("### ") else current)
+
+
+def readme_psnr() -> dict:
+    """The demo tables of README.md: the Quick start output (sections `brain`, `phantom`: the first test slice) and
+    the brain table of all four test slices (section `brain, all slices`)."""
+    def section_of(line: str, current):
+        opened = re.match(r"\s+(Brain|Phantom) demo \(full\)", line)
+        if opened:
+            return opened.group(1).lower()
+        if line.startswith("## "):
+            return "brain, all slices" if "brain demo" in line.lower() else None
+        return current
+
+    return psnr_tables(os.path.join(ROOT, "README.md"), section_of)
+
+
+def assert_matches(rows: dict, documented: dict, where: str) -> None:
+    assert set(documented) == set(rows), where
     for key, psnr in documented.items():
-        assert abs(rows[key]["psnr"] - psnr) <= 0.3, key
+        assert abs(rows[key]["psnr"] - psnr) <= 0.3, (where, key, rows[key]["psnr"], psnr)
+
+
+def summary(folder) -> dict:
+    return {(r["set"], r["method"], r["acc"]): r for r in json.load(open(os.path.join(folder, "summary.json")))}
+
+
+@pytest.mark.slow
+def test_demo_matches_the_documented_tables(tmp_path):
+    """`bash test_fastMRI.sh demo` against demo/README.md and README.md's Quick start; then `--slices 0 --sets brain`
+    (reusing the first slices) against README.md's brain table."""
+    demo.main(["--out", str(tmp_path)])
+    rows = summary(tmp_path)
+    assert rows[("phantom", "HFS-SDE", 4)]["psnr"] >= rows[("phantom", "zero-filled", 4)]["psnr"] + 3
+    assert_matches(rows, documented_psnr(), "demo/README.md")
+    readme = readme_psnr()
+    assert_matches(rows, {k: v for k, v in readme.items() if k[0] in SETS}, "README.md, Quick start")
+    demo.main(["--out", str(tmp_path), "--slices", "0", "--sets", "brain"])
+    rows = {("brain, all slices",) + key[1:]: row for key, row in summary(tmp_path).items()}
+    assert_matches(rows, {k: v for k, v in readme.items() if k[0] == "brain, all slices"}, "README.md, brain table")
