@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Train a score model on the training set of the config (data.root; the phantom set by default).
+# Train a score model on the training set of the config (data.root; the phantom set by default, generated on first
+# use; a missing folder of another set stops with the command that makes it).
 #
 #   bash train_fastMRI.sh hfssde|vp|ve [config name] [extra main.py flags]
 #       config name: a file of configs/<method>/ (default ddpm_continuous), e.g. phantom_demo

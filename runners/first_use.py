@@ -37,8 +37,9 @@ def prepare_data(folders: list[str], image_size: int) -> None:
         if known is None or not known[1] or (os.path.isdir(folder) and not os.path.exists(marker)):
             continue
         command = known[0]
-        logging.info("%s does not exist: generating the phantom set on first use (seeded; an interrupted run resumes) "
-                     "with `%s`", folder, command)
+        state = "was left incomplete" if os.path.isdir(folder) else "does not exist"
+        logging.info("%s %s: generating the phantom set on first use (seeded; an interrupted run resumes) with `%s`",
+                     folder, state, command)
         os.makedirs(set_folder, exist_ok=True)
         open(marker, "w").close()
         result = subprocess.run(_runs_from_repository(command), stdout=subprocess.DEVNULL)
