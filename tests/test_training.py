@@ -216,6 +216,21 @@ def test_bad_input_gives_one_clear_line(phantom, tmp_path, override, message):
     assert not os.path.exists(tmp_path / "runs") or not os.listdir(tmp_path / "runs")
 
 
+@pytest.mark.parametrize("text, message", [
+    (None, "main.py: config file {} does not exist; give a file of configs/"),
+    ("def get_config(:\n", "main.py: config file {}, line 1: invalid syntax; fix the file"),
+    ("def get_config():\n    return 1 / 0\n", "main.py: config file {}, line 2: ZeroDivisionError: division by zero"),
+])
+def test_a_missing_or_broken_config_file_is_one_line_naming_it(tmp_path, text, message):
+    path = tmp_path / "config.py"
+    if text is not None:
+        path.write_text(text)
+    result = subprocess.run([sys.executable, "main.py", "--mode", "train", "--config", str(path)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert result.stderr.startswith(message.format(path))
+
+
 def test_unknown_config_key_is_named(phantom, tmp_path):
     result = subprocess.run(main_py(str(tmp_path), *data_args(phantom), "--config.training.bogus=1"), cwd=ROOT,
                             capture_output=True, text=True, timeout=60)
