@@ -1,0 +1,145 @@
+"""Inputs are never written and files the tool did not write are never replaced (issue 18): output folders among
+the inputs, foreign result files and temporaries, symlinked locks, damaged trial tables and two tunes at once —
+each done for real on small files."""
+from __future__ import annotations
+
+import csv
+import hashlib
+import logging
+import os
+import re
+import subprocess
+
+import pytest
+
+from runners import folders
+from runners.reconstruct import reconstruct
+from runners.tune import Tuner, _Trials
+from tests.test_reliability import ROOT, _hold_lock, error_line, sample_command, setup  # noqa: F401 - fixture
+from tests.test_tune import tune_config
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _digests(folder: str) -> dict[str, str]:
+    """SHA-256 of every file under `folder` by relative path."""
+    out = {}
+    for parent, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(parent, name)
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, folder)] = hashlib.sha256(f.read()).hexdigest()
+    return out
+
+
+# ---- 1. an output folder among the inputs ------------------------------------------------------------------------
+def test_output_folder_that_is_contains_or_lies_inside_an_input_is_refused_before_writing(setup, tmp_path):
+    config, overrides, folder = setup
+    before = _digests(str(tmp_path))
+    result = subprocess.run(sample_command(*overrides, f"--config.sampling.output_dir={folder.root}"), cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert f"sampling.output_dir={folder.root} is the k-space folder {folder.root}" in error_line(result.stderr)
+    checkpoint_folder = os.path.dirname(config.sampling.checkpoint)
+    cases = {folder.maps_root: "is the coil maps folder", os.path.join(folder.root, "out"): "lies inside the k-space",
+             str(tmp_path): "contains the", os.path.join(checkpoint_folder, "samples"): "lies inside the checkpoint",
+             config.data.mask_root: "is the mask (data.mask_root) folder"}
+    for out, relation in cases.items():
+        config.sampling.output_dir = out
+        with pytest.raises(folders.FolderError, match=re.escape(f"sampling.output_dir={out} {relation}")):
+            reconstruct(config, "unused")
+    assert _digests(str(tmp_path)) == before  # nothing written, nothing replaced
+    assert not os.path.exists(os.path.join(folder.root, "out"))
+
+
+def test_symlinked_output_folder_into_the_data_is_refused(setup, tmp_path):
+    config, _, folder = setup
+    os.symlink(folder.root, tmp_path / "link")
+    config.sampling.output_dir = str(tmp_path / "link")
+    with pytest.raises(folders.FolderError, match="is the k-space folder"):
+        reconstruct(config, "unused")
+
+
+# ---- 1. files the tool did not write -----------------------------------------------------------------------------
+def test_foreign_result_files_stop_the_run_and_user_temporaries_are_kept(setup, tmp_path):
+    config, overrides, _ = setup
+    out = tmp_path / "mine"
+    out.mkdir()
+    for name, text in (("metrics.csv", "my,own\n1,2\n"), ("summary.json", "{}"), ("draft.tmp", "my draft")):
+        (out / name).write_text(text)
+    before = _digests(str(out))
+    result = subprocess.run(sample_command(*overrides, f"--config.sampling.output_dir={out}",
+                                           "--config.sampling.max_slices=1"), cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode != 0
+    line = error_line(result.stderr)
+    assert f"{out} was not made by this tool" in line and "metrics.csv, summary.json" in line
+    assert {k: v for k, v in _digests(str(out)).items() if k != ".lock"} == before  # only the lock file is new
+    assert sorted(os.listdir(out)) == [".lock", "draft.tmp", "metrics.csv", "summary.json"]
+
+    for name in ("metrics.csv", "summary.json"):
+        (out / name).unlink()
+    (out / ".metrics.csv.12345.tmp").write_text("our own interrupted write")
+    config.sampling.output_dir, config.sampling.max_slices = str(out), 1
+    assert reconstruct(config, "unused")["n_slices"] == 1
+    assert (out / "draft.tmp").read_text() == "my draft"  # a user's *.tmp file is kept
+    assert not (out / ".metrics.csv.12345.tmp").exists()  # our temporary is removed
+    assert (out / "setting.json").exists()
+    assert reconstruct(config, "unused")["n_slices"] == 1  # the folder is ours now: a rerun reuses it
+
+
+# ---- 2. a symlinked lock -----------------------------------------------------------------------------------------
+def test_symlinked_lock_is_refused_and_its_target_untouched(setup, tmp_path):
+    config, overrides, _ = setup
+    out = tmp_path / "out"
+    out.mkdir()
+    target = tmp_path / "precious.txt"
+    target.write_text("do not touch")
+    os.symlink(target, out / ".lock")
+    result = subprocess.run(sample_command(*overrides), cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert f"{out}/.lock is a symbolic link" in error_line(result.stderr)
+    assert target.read_text() == "do not touch"
+    (out / ".lock").unlink()
+    os.symlink(tmp_path / "nowhere", out / ".lock")  # dangling: no file may be made outside the folder
+    with pytest.raises(folders.FolderError, match="is a symbolic link"):
+        folders.lock_folder(str(out), "key", "folder")
+    assert not (tmp_path / "nowhere").exists()
+
+
+# ---- 3. trials.csv and two tunes ---------------------------------------------------------------------------------
+def test_partial_trial_rows_are_dropped_with_a_warning_and_never_appended_onto(tmp_path, caplog):
+    path = tmp_path / "trials.csv"
+    header = "snr,mse,psnr,ssim,seconds\n"
+    good = ["0.1,1.0,30.5,0.91,2.0\n", "0.2,1.0,31.5,0.92,2.0\n"]
+    path.write_text(header + good[0] + "0.4,1.0,-,0.9,1\n" + good[1] + "0.8,1.0,29.")  # cut short: no newline
+    with caplog.at_level(logging.WARNING):
+        trials = _Trials(str(path), ["snr", "mse"])
+    assert sorted(trials.rows) == [("0.1", "1.0"), ("0.2", "1.0")]
+    assert "dropped 2 incomplete trial row(s)" in caplog.text
+    trials.add((0.8, 1.0), {"psnr": 29.25, "ssim": 0.9, "seconds": 1.5})
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    assert [len(r) for r in rows] == [5] * 4 and rows[-1] == ["0.8", "1.0", "29.25", "0.9", "1.5"]
+    assert path.read_text().endswith("\n")
+
+
+def test_a_second_tune_on_one_folder_is_refused_naming_the_holder(tmp_path, monkeypatch):
+    axes = [("snr_accelerated", (0.08,), True)]
+    first = Tuner(tune_config(), str(tmp_path), "psnr", 1, axes)
+    first.lock.release()
+    monkeypatch.setattr(folders, "DYING_WAIT_S", 0.5)
+    holder, _ = _hold_lock(first.out)
+    try:
+        with pytest.raises(folders.FolderBusy, match=rf"tune folder {first.out} is being written by process "
+                                                     rf"{holder.pid}"):
+            Tuner(tune_config(), str(tmp_path), "psnr", 1, axes)
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_tune_folder_inside_the_validation_data_is_refused(tmp_path):
+    config = tune_config()
+    with pytest.raises(folders.FolderError, match="--workdir=.* lies inside the k-space folder"):
+        Tuner(config, config.data.eval_root, "psnr", 1, [("snr_accelerated", (0.08,), True)])
