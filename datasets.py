@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from utils.atomic import write_json
 from utils.augment import AUGMENT_KEYS, augment_acquisition, augment_slice
-from utils.common import derived_seed
+from utils.common import check_setting, derived_seed, finite_above
 from utils.mri import crop_kspace, ifft2c, sense_adjoint, sense_forward
 
 log = logging.getLogger(__name__)
@@ -297,6 +297,8 @@ class MultiCoilSliceDataset(Dataset):
         if self.normalize_type not in NORMALIZE_TYPES:
             raise ValueError(f"unknown data.normalize_type {self.normalize_type!r}; "
                              f"choose one of {list(NORMALIZE_TYPES)}")
+        check_setting("data.normalize_coeff", self.normalize_coeff, finite_above(self.normalize_coeff, 0),
+                      "a finite number > 0")
         self.skip_broken = skip_broken
         self.volumes = build_index(kspace_root, maps_root, self.image_size, skip_broken)
         self.slices = [(v, s) for v in range(len(self.volumes))

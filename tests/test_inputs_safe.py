@@ -15,7 +15,8 @@ import pytest
 from runners import folders
 from runners.reconstruct import reconstruct
 from runners.tune import Tuner, _Trials
-from tests.test_reliability import ROOT, _hold_lock, error_line, sample_command, setup  # noqa: F401 - fixture
+from tests.test_reliability import (ROOT, _hold_lock, error_line, sample_command, setup,  # noqa: F401 - fixture
+                                    train_command)
 from tests.test_tune import tune_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -143,3 +144,59 @@ def test_tune_folder_inside_the_validation_data_is_refused(tmp_path):
     config = tune_config()
     with pytest.raises(folders.FolderError, match="--workdir=.* lies inside the k-space folder"):
         Tuner(config, config.data.eval_root, "psnr", 1, [("snr_accelerated", (0.08,), True)])
+
+
+# ---- 4. every numeric setting checked before any folder is made --------------------------------------------------
+BAD_SETTINGS = [
+    ({"sampling.N": 0}, "sampling.N=0 is not allowed: at least 1 step"),
+    ({"sampling.N": -3, "sampling.method": "ode"}, "sampling.N=-3"),
+    ({"sampling.accelerated_sampling": False, "model.num_scales": 0}, "model.num_scales=0"),
+    ({"sampling.eps": 2.0}, "sampling.eps=2.0 is not allowed: a number in (0, 1)"),
+    ({"sampling.eps": float("nan")}, "sampling.eps=nan"),
+    ({"sampling.eps": -1.0}, "sampling.eps=-1.0"),
+    ({"sampling.method": "ddim", "sampling.eta": 5.0}, "sampling.eta=5.0 is not allowed: a number in [0, 1]"),
+    ({"sampling.method": "ddim", "sampling.eta": -1.0}, "sampling.eta=-1.0"),
+    ({"sampling.mse": float("nan")}, "sampling.mse=nan is not allowed: a finite weight ≥ 0"),
+    ({"sampling.method": "ode", "sampling.mse": -1.0}, "sampling.mse=-1.0"),
+    ({"sampling.corrector_mse": float("inf")}, "sampling.corrector_mse=inf"),
+    ({"sampling.n_steps_each": 0}, "sampling.n_steps_each=0"),
+    ({"sampling.snr_accelerated": -1.0}, "sampling.snr_accelerated=-1.0 is not allowed: a finite number > 0"),
+    ({"sampling.accelerated_sampling": False, "sampling.snr": 0.0}, "sampling.snr=0.0"),
+    ({"sampling.dc_lambda": -1.0, "sampling.final_dc": "cg"}, "sampling.dc_lambda=-1.0 is not allowed: a finite"),
+    ({"sampling.method": "ddim", "sampling.dc_iters": -1}, "sampling.dc_iters=-1 is not allowed"),
+    ({"sampling.dc_scale": 0.0}, "sampling.dc_scale=0.0"),
+    ({"sampling.discrepancy": -1.0}, "sampling.discrepancy=-1.0"),
+    ({"sampling.method": "l1wavelet", "sampling.l1_lambda": float("nan")}, "sampling.l1_lambda must be a finite"),
+    ({"data.normalize_coeff": 0.0}, "data.normalize_coeff=0.0 is not allowed: a finite number > 0"),
+]
+
+
+@pytest.mark.parametrize("values, message", BAD_SETTINGS, ids=[m.split(" ")[0] for _, m in BAD_SETTINGS])
+def test_bad_numbers_are_one_line_naming_the_key_before_any_folder(setup, values, message):
+    config, _, _ = setup
+    for key, value in values.items():
+        group, name = key.split(".")
+        config[group][name] = value
+    with pytest.raises(ValueError) as err:
+        reconstruct(config, "unused")
+    text = str(err.value)
+    assert message in text and "\n" not in text
+    assert "final_dc" not in text and "cg_iters" not in text  # keys the user did not set are not blamed
+    assert not os.path.exists(config.sampling.output_dir)
+
+
+def test_bad_number_through_main_is_one_line(setup):
+    _, overrides, _ = setup
+    result = subprocess.run(sample_command(*overrides, "--config.sampling.eps=nan"), cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode != 0 and "sampling.eps=nan is not allowed" in error_line(result.stderr)
+    assert not os.path.exists(dict(o[len("--config."):].split("=", 1) for o in overrides)["sampling.output_dir"])
+
+
+def test_nothing_to_train_is_one_line_and_makes_no_run(phantom, tmp_path):
+    result = subprocess.run(train_command(str(tmp_path / "runs"), phantom, "--config.training.n_iters=-1",
+                                          "--config.training.epochs=0"), cwd=ROOT, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "training.n_iters=-1 and training.epochs=0 leave nothing to train" in result.stderr.strip().splitlines()[-1]
+    assert not os.path.exists(tmp_path / "runs") or not os.listdir(tmp_path / "runs")
