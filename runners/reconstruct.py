@@ -40,6 +40,7 @@ import contextlib
 import dataclasses
 import datetime
 import logging
+import math
 import os
 import time
 
@@ -206,6 +207,11 @@ def _finish(config, records: outputs.SliceRecords, reconstructor: Reconstructor,
         raise ValueError(f"no slices were reconstructed into {records.out}; check sampling.max_slices and the test set")
     summary = summarize(config, rows, outputs.write_volumes(records.out, rows), reconstructor, identity, records.out)
     outputs.write_json(os.path.join(records.out, "summary.json"), summary)
+    broken = [f"{r['fname']} slice {r['slice']}" for r in rows if not math.isfinite(r["residual"])]
+    if broken:
+        raise ValueError(f"{len(broken)} of {len(rows)} reconstructed slices in {records.out} are not finite "
+                         f"({', '.join(broken[:3])}{' …' if len(broken) > 3 else ''}): the network or the sampler "
+                         f"diverged; check the checkpoint and the sampler settings, then rerun into a new folder")
     return summary
 
 

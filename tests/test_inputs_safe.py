@@ -11,13 +11,18 @@ import re
 import subprocess
 
 import pytest
+import torch
 
+from configs.tiny import get_config
+from models.ema import ExponentialMovingAverage
 from runners import folders
+from runners.build import checkpoint_record, create_model
 from runners.reconstruct import reconstruct
 from runners.tune import Tuner, _Trials
 from tests.test_reliability import (ROOT, _hold_lock, error_line, sample_command, setup,  # noqa: F401 - fixture
                                     train_command)
 from tests.test_tune import tune_config
+from utils.checkpoints import CheckpointError, save_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -200,3 +205,32 @@ def test_nothing_to_train_is_one_line_and_makes_no_run(phantom, tmp_path):
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "training.n_iters=-1 and training.epochs=0 leave nothing to train" in result.stderr.strip().splitlines()[-1]
     assert not os.path.exists(tmp_path / "runs") or not os.listdir(tmp_path / "runs")
+
+
+# ---- 5. checkpoints that are not, and output that is not finite --------------------------------------------------
+def test_text_file_as_checkpoint_is_one_line(setup, tmp_path):
+    config, _, _ = setup
+    config.sampling.checkpoint = str(tmp_path / "notes.pth")
+    for text in ("these are my notes, not weights\n" * 20, "hello\n"):  # torch.load raises IndexError, KeyError
+        (tmp_path / "notes.pth").write_text(text)
+        with pytest.raises(CheckpointError, match=r"cannot read checkpoint .*notes.pth \(truncated, corrupt, or not a "
+                                                  r"weights-only PyTorch file\)"):
+            reconstruct(config, "unused")
+
+
+def test_non_finite_output_exits_non_zero_in_one_line_whatever_it_wrote(setup, tmp_path):
+    config, overrides, _ = setup
+    model = create_model(get_config())
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(float("nan"))
+    path = str(tmp_path / "ckpt" / "nan.pth")
+    save_checkpoint(path, {"model": model, "ema": ExponentialMovingAverage(model.parameters(), 0.99), "step": 5,
+                           "config": checkpoint_record(get_config())})
+    command = sample_command(*overrides, f"--config.sampling.checkpoint={path}", "--config.sampling.max_slices=2")
+    for _ in range(2):  # the rerun finds the written slices and still fails
+        result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert result.returncode != 0
+        line = error_line(result.stderr)
+        assert "2 of 2 reconstructed slices in" in line and "are not finite (file1000 slice 0, file1000 slice 1)" in line
+    assert os.path.exists(os.path.join(config.sampling.output_dir, "summary.json"))

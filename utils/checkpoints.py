@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 from typing import Any
 
 import torch
@@ -98,9 +97,9 @@ def read_checkpoint(path: str | os.PathLike, device: str | torch.device) -> dict
                                 "or sampling.checkpoint")
     try:
         loaded = torch.load(path, map_location=device, weights_only=True)
-    except (pickle.UnpicklingError, EOFError, RuntimeError) as err:
+    except Exception as err:  # noqa: BLE001 - torch.load raises many types for other files (KeyError for text)
         raise CheckpointError(f"cannot read checkpoint {path} (truncated, corrupt, or not a weights-only PyTorch "
-                           f"file): {err}") from err
+                              f"file): {type(err).__name__}: {err}") from err
     if not isinstance(loaded, dict) or "model" not in loaded:
         found = sorted(loaded) if isinstance(loaded, dict) else type(loaded).__name__
         raise CheckpointError(f"{path} is not a training checkpoint: expected a dict with a 'model' entry, found "
