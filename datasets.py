@@ -150,6 +150,10 @@ def _stamp(path: str) -> list[int]:
     return [stat.st_size, stat.st_mtime_ns]
 
 
+MAX_SLICES = 10_000  # slices of one file: fastMRI volumes hold tens
+MAX_SLICE_BYTES = 2**31  # one slice of one file (all coils): a 64-coil 640×640 slice is 0.2 GiB
+
+
 def _read_shape(path: str, key: str, fix: str) -> list[int]:
     """Shape of dataset `key` of an `.h5` file, checked to be complex `[slices, coils, H, W]`."""
     try:
@@ -164,6 +168,11 @@ def _read_shape(path: str, key: str, fix: str) -> list[int]:
     if len(shape) != 4 or dtype.kind != "c":
         raise DataError(f"{path}: {key!r} is {dtype} of shape {shape}; a complex [slices, coils, H, W] array is "
                         f"needed (multi-coil fastMRI layout); {fix}")
+    slice_bytes = shape[1] * shape[2] * shape[3] * dtype.itemsize
+    if shape[0] > MAX_SLICES or slice_bytes > MAX_SLICE_BYTES:
+        raise DataError(f"{path}: {key!r} claims shape {shape} ({shape[0]} slices of {slice_bytes / 2**30:.3g} GiB); "
+                        f"at most {MAX_SLICES} slices of at most {MAX_SLICE_BYTES / 2**30:g} GiB are read (a damaged "
+                        f"header?): replace the file, or move it out of the folder")
     return shape
 
 

@@ -10,6 +10,8 @@ import os
 import re
 import subprocess
 
+import h5py
+import numpy as np
 import pytest
 import torch
 
@@ -234,3 +236,18 @@ def test_non_finite_output_exits_non_zero_in_one_line_whatever_it_wrote(setup, t
         line = error_line(result.stderr)
         assert "2 of 2 reconstructed slices in" in line and "are not finite (file1000 slice 0, file1000 slice 1)" in line
     assert os.path.exists(os.path.join(config.sampling.output_dir, "summary.json"))
+
+
+# ---- 6. headers that claim too much ------------------------------------------------------------------------------
+@pytest.mark.parametrize("shape, claim", [((1000, 64, 4000, 4000), "1000 slices of 7.63 GiB"),
+                                          ((10**9, 4, 32, 32), "1000000000 slices of 3.05e-05 GiB")])
+def test_header_claiming_a_huge_array_is_one_line_before_allocation(setup, shape, claim):
+    config, _, folder = setup
+    path = os.path.join(folder.root, "file1001.h5")
+    with h5py.File(path, "w") as f:  # only the header: the chunks are never written
+        f.create_dataset("kspace", shape=shape, dtype=np.complex64, chunks=(1, 1, 32, 32))
+    assert os.path.getsize(path) < 1 << 20
+    with pytest.raises(ValueError, match=re.escape(f"{path}: 'kspace' claims shape {list(shape)} ({claim}); at "
+                                                   f"most 10000 slices of at most 2 GiB are read")):
+        reconstruct(config, "unused")
+    assert not os.path.exists(config.sampling.output_dir)
