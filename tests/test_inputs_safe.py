@@ -1,13 +1,16 @@
-"""Inputs are never written and files the tool did not write are never replaced (issue 18): output folders among
-the inputs, foreign result files and temporaries, symlinked locks, damaged trial tables and two tunes at once —
-each done for real on small files."""
+"""Hostile and clumsy inputs, done for real on small files (issue 18): output folders among the inputs, foreign
+result files and temporaries, symlinked locks, damaged trial tables and two tunes at once, bad numbers, files that
+are not checkpoints, non-finite output, headers that claim huge arrays, a full disk during a training checkpoint.
+Result identity (checkpoint content, data, slices, settings) is tested in tests/test_identity.py."""
 from __future__ import annotations
 
 import csv
+import glob
 import hashlib
 import logging
 import os
 import re
+import resource
 import subprocess
 
 import h5py
@@ -20,6 +23,7 @@ from models.ema import ExponentialMovingAverage
 from runners import folders
 from runners.build import checkpoint_record, create_model
 from runners.reconstruct import reconstruct
+from runners.train import train
 from runners.tune import Tuner, _Trials
 from tests.test_reliability import (ROOT, _hold_lock, error_line, sample_command, setup,  # noqa: F401 - fixture
                                     train_command)
@@ -201,12 +205,12 @@ def test_bad_number_through_main_is_one_line(setup):
 
 
 def test_nothing_to_train_is_one_line_and_makes_no_run(phantom, tmp_path):
-    result = subprocess.run(train_command(str(tmp_path / "runs"), phantom, "--config.training.n_iters=-1",
-                                          "--config.training.epochs=0"), cwd=ROOT, capture_output=True, text=True,
-                            timeout=120)
-    assert result.returncode != 0 and "Traceback" not in result.stderr
-    assert "training.n_iters=-1 and training.epochs=0 leave nothing to train" in result.stderr.strip().splitlines()[-1]
-    assert not os.path.exists(tmp_path / "runs") or not os.listdir(tmp_path / "runs")
+    config = get_config()
+    config.data.root, config.data.eval_root = f"{phantom}/train", f"{phantom}/val"
+    config.training.n_iters, config.training.epochs = -1, 0
+    with pytest.raises(SystemExit, match="training.n_iters=-1 and training.epochs=0 leave nothing to train"):
+        train(config, str(tmp_path / "runs"))
+    assert not os.path.exists(tmp_path / "runs")
 
 
 # ---- 5. checkpoints that are not, and output that is not finite --------------------------------------------------
@@ -251,3 +255,25 @@ def test_header_claiming_a_huge_array_is_one_line_before_allocation(setup, shape
                                                    f"most 10000 slices of at most 2 GiB are read")):
         reconstruct(config, "unused")
     assert not os.path.exists(config.sampling.output_dir)
+
+
+# ---- 7. a full disk during a training checkpoint -----------------------------------------------------------------
+def _file_size_limit(limit: int):
+    def apply() -> None:  # in the child: writes past `limit` bytes fail with EFBIG (Python ignores SIGXFSZ)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+@pytest.mark.slow  # two training processes (~40 s on a loaded CPU)
+def test_full_disk_during_a_training_checkpoint_is_one_line_naming_the_path(phantom, tmp_path):
+    command = train_command(str(tmp_path / "runs"), phantom, "--config.training.n_iters=1")
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                            preexec_fn=_file_size_limit(1 << 20))
+    assert result.returncode != 0
+    line = error_line(result.stderr)
+    assert re.search(r"cannot write checkpoint \S+/checkpoint\S*\.pth: File too large \(disk full", line), line
+    [run_dir] = glob.glob(str(tmp_path / "runs" / "*"))
+    assert not glob.glob(os.path.join(run_dir, "*", "*.pth"))  # nothing half-written is left as a checkpoint
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert os.path.exists(os.path.join(run_dir, "finished"))
