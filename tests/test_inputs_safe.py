@@ -277,3 +277,32 @@ def test_full_disk_during_a_training_checkpoint_is_one_line_naming_the_path(phan
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert os.path.exists(os.path.join(run_dir, "finished"))
+
+
+# ---- issue 18 items 4-5: results never mix models, data or slices (runners/identity.py) ---------------------------
+def test_a_checkpoint_replaced_at_the_same_path_never_merges_into_the_old_folder(setup):
+    config, _, _ = setup
+    config.sampling.max_slices = 1
+    reconstruct(config, "unused")
+    before = _digests(config.sampling.output_dir)
+    save_checkpoint(config.sampling.checkpoint, {"model": create_model(config), "step": 20})  # new weights, same name
+    with pytest.raises(ValueError, match=r"holds reconstructions of another setting \(differs in checkpoint\)"):
+        reconstruct(config, "unused")
+    assert _digests(config.sampling.output_dir) == before
+
+
+def test_tune_tables_differ_for_another_checkpoint_of_the_same_name_and_other_slices(tmp_path):
+    axes = [("snr_accelerated", (0.08,), True)]
+    config = tune_config()
+    for name in ("a", "b"):
+        os.makedirs(tmp_path / name)
+        state = torch.load(config.sampling.checkpoint, weights_only=True)
+        state["step"] = 1 if name == "a" else 2  # other content under the same base name
+        torch.save(state, tmp_path / name / "checkpoint.pth")
+    outs = []
+    for name, slices in (("a", 1), ("b", 1), ("a", 2)):
+        config.sampling.checkpoint = str(tmp_path / name / "checkpoint.pth")
+        tuner = Tuner(config, str(tmp_path / "work"), "psnr", slices, axes)
+        tuner.lock.release()
+        outs.append(tuner.out)
+    assert len(set(outs)) == 3
