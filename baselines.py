@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from sigpy.mri.app import L1WaveletRecon
 
-from utils.common import Registry
+from utils.common import Registry, finite_at_least
 from utils.mri import conjugate_gradient, sense_adjoint, sense_normal
 
 Baseline = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Any], torch.Tensor]
@@ -56,8 +56,8 @@ class L1WaveletSettings:
     l1_iters: int
 
     def __post_init__(self):
-        if self.l1_lambda < 0 or self.l1_iters < 1:
-            raise ValueError(f"sampling.l1_lambda must be ≥ 0 and sampling.l1_iters ≥ 1, got {self.l1_lambda} and "
+        if not finite_at_least(self.l1_lambda, 0) or self.l1_iters < 1:
+            raise ValueError(f"sampling.l1_lambda must be a finite number ≥ 0 and sampling.l1_iters ≥ 1, got {self.l1_lambda} and "
                              f"{self.l1_iters}")
 
 

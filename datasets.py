@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from utils.atomic import write_json
 from utils.augment import AUGMENT_KEYS, augment_acquisition, augment_slice
-from utils.common import derived_seed
+from utils.common import check_setting, derived_seed, finite_above
 from utils.mri import crop_kspace, ifft2c, sense_adjoint, sense_forward
 
 log = logging.getLogger(__name__)
@@ -181,6 +181,10 @@ def _stamp(path: str) -> list[int]:
     return [stat.st_size, stat.st_mtime_ns]
 
 
+MAX_SLICES = 10_000  # slices of one file: fastMRI volumes hold tens
+MAX_SLICE_BYTES = 2**31  # one slice of one file (all coils): a 64-coil 640×640 slice is 0.2 GiB
+
+
 def _read_shape(path: str, key: str, fix: str) -> list[int]:
     """Shape of dataset `key` of an `.h5` file, checked to be complex `[slices, coils, H, W]`."""
     try:
@@ -195,6 +199,11 @@ def _read_shape(path: str, key: str, fix: str) -> list[int]:
     if len(shape) != 4 or dtype.kind != "c":
         raise DataError(f"{path}: {key!r} is {dtype} of shape {shape}; a complex [slices, coils, H, W] array is "
                         f"needed (multi-coil fastMRI layout); {fix}")
+    slice_bytes = shape[1] * shape[2] * shape[3] * dtype.itemsize
+    if shape[0] > MAX_SLICES or slice_bytes > MAX_SLICE_BYTES:
+        raise DataError(f"{path}: {key!r} claims shape {shape} ({shape[0]} slices of {slice_bytes / 2**30:.3g} GiB); "
+                        f"at most {MAX_SLICES} slices of at most {MAX_SLICE_BYTES / 2**30:g} GiB are read (a damaged "
+                        f"header?): replace the file, or move it out of the folder")
     return shape
 
 
@@ -328,6 +337,8 @@ class MultiCoilSliceDataset(Dataset):
         if self.normalize_type not in NORMALIZE_TYPES:
             raise ValueError(f"unknown data.normalize_type {self.normalize_type!r}; "
                              f"choose one of {list(NORMALIZE_TYPES)}")
+        check_setting("data.normalize_coeff", self.normalize_coeff, finite_above(self.normalize_coeff, 0),
+                      "a finite number > 0")
         self.skip_broken = skip_broken
         self.volumes = build_index(kspace_root, maps_root, self.image_size, skip_broken)
         self.slices = [(v, s) for v in range(len(self.volumes))

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import trange
 
-from utils.common import Registry, append_dims, derived_seed
+from utils.common import Registry, append_dims, check_setting, derived_seed, finite_above, finite_at_least
 from utils.mri import batch_dot, c2r, r2c, safe_div, sense_adjoint, sense_forward, sense_normal
 from utils.noise import noise_sigma
 
@@ -250,9 +250,14 @@ class Clean:
 
     def __post_init__(self):
         check_final_dc(self.final_dc)
-        if self.final_dc == "cg" and (self.dc_lambda <= 0 or self.cg_iters < 1):
-            raise ValueError(f"sampling.final_dc='cg' needs sampling.dc_lambda > 0 and sampling.cg_iters >= 1, got "
-                             f"{self.dc_lambda} and {self.cg_iters}")
+        check_setting("sampling.dc_scale", self.dc_scale, finite_above(self.dc_scale, 0), "a finite number > 0")
+        check_setting("sampling.discrepancy", self.discrepancy, finite_above(self.discrepancy, 0),
+                      "a finite number > 0")
+        check_setting("sampling.dc_lambda", self.dc_lambda, finite_at_least(self.dc_lambda, 0), "a finite number ≥ 0")
+        if self.final_dc == "cg":
+            check_setting("sampling.dc_lambda", self.dc_lambda, self.dc_lambda > 0, "> 0 with sampling.final_dc='cg'")
+            check_setting("sampling.cg_iters", self.cg_iters, self.cg_iters >= 1,
+                          "at least 1 with sampling.final_dc='cg'")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -267,6 +272,7 @@ class SamplerSettings(Clean):
         super().__post_init__()
         if self.steps < 1:
             raise ValueError(f"the sampler needs at least one step (sampling.N / model.num_scales), got {self.steps}")
+        check_setting("sampling.eps", self.eps, finite_above(self.eps, 0) and self.eps < 1, "a number in (0, 1)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -290,6 +296,10 @@ class PCSettings(SamplerSettings):
         super().__post_init__()
         PREDICTORS.get(self.predictor)
         CORRECTORS.get(self.corrector)
+        check_setting("sampling.n_steps_each", self.n_steps_each, self.n_steps_each >= 1, "at least 1")
+        for key in ("mse", "corrector_mse"):
+            value = getattr(self, key)
+            check_setting(f"sampling.{key}", value, finite_at_least(value, 0), "a finite weight ≥ 0")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -298,6 +308,10 @@ class ODESettings(SamplerSettings):
 
     mse: float
     denoise: bool
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_setting("sampling.mse", self.mse, finite_at_least(self.mse, 0), "a finite weight ≥ 0")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -310,9 +324,10 @@ class DDIMSettings(SamplerSettings):
 
     def __post_init__(self):
         super().__post_init__()
-        if (self.dc_lambda <= 0 and not self.noise_aware) or self.dc_iters < 1:
-            raise ValueError(f"the DDIM sampler needs sampling.dc_lambda > 0 (or sampling.noise_aware) and "
-                             f"sampling.dc_iters >= 1, got {self.dc_lambda} and {self.dc_iters}")
+        check_setting("sampling.eta", self.eta, finite_at_least(self.eta, 0) and self.eta <= 1, "a number in [0, 1]")
+        check_setting("sampling.dc_iters", self.dc_iters, self.dc_iters >= 1, "at least 1 with the DDIM sampler")
+        check_setting("sampling.dc_lambda", self.dc_lambda, self.dc_lambda > 0 or self.noise_aware,
+                      "> 0 with the DDIM sampler (or set sampling.noise_aware)")
 
 
 def final_data_consistency(x, data: Measurements, mode: str, lamda, iters: int) -> torch.Tensor:

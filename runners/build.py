@@ -21,7 +21,7 @@ import sampling
 import sde_lib
 from losses import get_optimizer, optimization_manager
 from models import MODELS
-from utils.common import Registry, cuda_speed_options
+from utils.common import Registry, check_setting, cuda_speed_options, finite_above
 from utils.masks import MaskSpec, get_mask
 
 METHODS = Registry.union("sampling.method", sampling.SAMPLERS, baselines.BASELINES)
@@ -52,10 +52,18 @@ def sampling_schedule(config) -> tuple[int, float]:
 
 def method_settings(config, method: str | None = None) -> Any:
     """The frozen settings object of `method` (default `sampling.method`), validated by its class: every field is
-    the `sampling.*` key of its name, except `steps` and `snr`, which come from `sampling_schedule`."""
+    the `sampling.*` key of its name, except `steps` and `snr`, which come from `sampling_schedule` and are checked
+    here, naming the key they came from."""
     cls = METHODS.entry(method or config.sampling.method).settings
     steps, snr = sampling_schedule(config)
     schedule = {"steps": steps, "snr": snr}
+    names = {f.name for f in dataclasses.fields(cls)}
+    accelerated = bool(config.sampling.accelerated_sampling)
+    if "steps" in names:
+        check_setting("sampling.N" if accelerated else "model.num_scales", steps, steps >= 1, "at least 1 step")
+    if "snr" in names:
+        check_setting("sampling.snr_accelerated" if accelerated else "sampling.snr", snr, finite_above(snr, 0),
+                      "a finite number > 0")
     values = {f.name: schedule[f.name] if f.name in schedule else config.sampling[f.name]
               for f in dataclasses.fields(cls)}
     return cls(**values)

@@ -10,8 +10,11 @@ time, and filled atomically.
   and then raises `FolderBusy` naming the pid. A lock is per process: do not open and close `.lock` elsewhere in
   a process that holds it (closing any descriptor of the file releases the process's lock).
 - Files are written through `utils/atomic.atomic_path` (a temporary beside the file, fsynced and renamed over it).
-- `remove_stale_temporaries(folder)` removes the `*.tmp` files an interrupted process left (call it while holding
-  the folder's lock, so no live writer's file is touched).
+- `check_not_input(out, key, inputs)` refuses an output folder that is, contains or lies inside an input folder
+  (data, masks, the checkpoint's folder) before anything is made: inputs are never written.
+- `remove_stale_temporaries(folder)` removes the temporaries an interrupted process of ours left (only names of
+  `utils/atomic.atomic_path`'s form, `.<name>.<pid>.tmp`; call it while holding the folder's lock, so no live
+  writer's file is touched).
 """
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ try:  # POSIX; elsewhere folders are not locked.
 except ImportError:  # pragma: no cover - Windows
     fcntl = None
 
-from utils.atomic import TMP_SUFFIX
+from utils.atomic import is_own_temporary
 
 LOCK_FILE = ".lock"
 DYING_WAIT_S = 10.0
@@ -65,10 +68,31 @@ def make_folder(path: str, key: str) -> None:
         raise FolderError(f"{key}={path} cannot be created ({err.strerror}); choose a writable {key}") from None
 
 
+def _inside(path: str, folder: str) -> bool:
+    return os.path.commonpath([path, folder]) == folder
+
+
+def check_not_input(out: str, key: str, inputs: dict[str, str]) -> None:
+    """Raise `FolderError` when output folder `out` (set by `key`) is, contains or lies inside one of the `inputs`
+    folders (`{folder: what}`, e.g. `{"data/test": "k-space"}`); symbolic links are resolved."""
+    real = os.path.realpath(out)
+    for folder, what in inputs.items():
+        other = os.path.realpath(folder)
+        relation = ("is" if real == other else "lies inside" if _inside(real, other)
+                    else "contains" if _inside(other, real) else "")
+        if relation:
+            raise FolderError(f"{key}={out} {relation} the {what} folder {folder}; inputs are never written: choose "
+                              f"another {key}")
+
+
 def _open_lock_file(folder: str, key: str) -> int:
+    path = os.path.join(folder, LOCK_FILE)
     try:
-        return os.open(os.path.join(folder, LOCK_FILE), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
     except OSError as err:
+        if os.path.islink(path):
+            raise FolderError(f"{path} is a symbolic link; a lock file is never followed: remove it, or choose "
+                              f"another {key}") from None
         raise FolderError(f"{key}={folder} is not writable ({err.strerror}: {err.filename}); fix its permissions "
                           f"or choose another {key}") from None
 
@@ -130,13 +154,14 @@ def lock_folder(folder: str, key: str, what: str) -> FolderLock:
 
 
 def remove_stale_temporaries(folder: str, subfolders: tuple[str, ...] = ()) -> None:
-    """Delete the `*.tmp` files in `folder` and its `subfolders` (left by an interrupted write), with a warning."""
+    """Delete our temporaries (`utils/atomic.is_own_temporary`) in `folder` and its `subfolders`, left by an
+    interrupted write, with a warning; other `*.tmp` files are the user's and are kept."""
     removed = []
     for name in ("",) + subfolders:
         path = os.path.join(folder, name)
         if os.path.isdir(path):
             for entry in os.scandir(path):
-                if entry.name.endswith(TMP_SUFFIX) and entry.is_file(follow_symlinks=False):
+                if is_own_temporary(entry.name) and entry.is_file(follow_symlinks=False):
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(entry.path)
                         removed.append(os.path.join(name, entry.name))

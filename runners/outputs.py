@@ -15,6 +15,7 @@ when all ranks have finished, and at the start of any later run into the folder 
 from __future__ import annotations
 
 import csv
+import fnmatch
 import glob
 import json
 import logging
@@ -166,12 +167,28 @@ def write_volumes(out: str, rows: list[dict]) -> list[dict]:
     return volumes
 
 
-def claim_output_folder(identity: Identity, out: str) -> None:
+def _own_names(keys) -> set[str]:
+    """The names of the files a reconstruction of the slices `keys` (`(file, slice)` pairs) writes into its folder."""
+    names = {"metrics.csv", "volumes.csv", "summary.json"}
+    for fname, index in keys:
+        names.update({os.path.basename(mat_path("", fname, index)), f"{fname}_{index}.png", f"{fname}.h5"})
+    return names
+
+
+def claim_output_folder(identity: Identity, out: str, keys) -> None:
     """Record the result identity in `out` (`setting.json`: its name and fields), or check that the results already
-    there have the same one (runners/identity.py)."""
+    there have the same one (runners/identity.py). A folder without `setting.json` is not ours: a file in it with
+    the name of one we would write for the slices `keys` (or a rank's rows) stops the run, so no file of the user's
+    is ever replaced."""
     path = os.path.join(out, "setting.json")
     current = {"identity": identity.name, "fields": identity.fields}
     if not os.path.exists(path):
+        names = _own_names(keys)
+        foreign = sorted(n for n in os.listdir(out) if n in names or fnmatch.fnmatch(n, RANK_ROWS.format("*")))
+        if foreign:
+            raise ValueError(f"{out} was not made by this tool (no setting.json) and holds {', '.join(foreign[:3])}"
+                             f"{' …' if len(foreign) > 3 else ''}, which a reconstruction would replace; give a new "
+                             f"sampling.output_dir")
         write_json(path, current)
         return
     with open(path) as f:

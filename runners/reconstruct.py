@@ -40,6 +40,7 @@ import contextlib
 import dataclasses
 import datetime
 import logging
+import math
 import os
 import time
 
@@ -51,7 +52,7 @@ import datasets
 from runners import build, folders, outputs
 from runners.distributed import Dist, from_rank0, init_distributed
 from runners.reconstructor import (FLAG_FACTOR, FLAG_MARGIN, Reconstructor, apply_tuned, data_residual, datashift,
-                                   score_slice, slice_seed)
+                                   input_folders, score_slice, slice_seed)
 from utils.mri import sense_adjoint
 
 CPU_BATCH_SIZE = 4  # sampling.batch_size=0 on the CPU: batching gains little there (bench/README.md: 1.05× at 4)
@@ -206,6 +207,11 @@ def _finish(config, records: outputs.SliceRecords, reconstructor: Reconstructor,
         raise ValueError(f"no slices were reconstructed into {records.out}; check sampling.max_slices and the test set")
     summary = summarize(config, rows, outputs.write_volumes(records.out, rows), reconstructor, identity, records.out)
     outputs.write_json(os.path.join(records.out, "summary.json"), summary)
+    broken = [f"{r['fname']} slice {r['slice']}" for r in rows if not math.isfinite(r["residual"])]
+    if broken:
+        raise ValueError(f"{len(broken)} of {len(rows)} reconstructed slices in {records.out} are not finite "
+                         f"({', '.join(broken[:3])}{' …' if len(broken) > 3 else ''}): the network or the sampler "
+                         f"diverged; check the checkpoint and the sampler settings, then rerun into a new folder")
     return summary
 
 
@@ -224,9 +230,10 @@ def _reconstruct(config, workdir: str, ctx: Dist) -> dict:
     with contextlib.ExitStack() as stack:
         def open_folder() -> list[int]:  # rank 0 owns the folder for the whole job
             nonlocal records
+            folders.check_not_input(out, key, input_folders(config, reconstructor, dataset.volumes))
             stack.enter_context(folders.lock_folder(out, key, "reconstruction folder"))
+            outputs.claim_output_folder(identity, out, [keys[i] for i in wanted])
             folders.remove_stale_temporaries(out)
-            outputs.claim_output_folder(identity, out)
             records = outputs.SliceRecords(out)
             records.absorb_ranks()
             return [i for i in wanted if not records.is_done(*keys[i])]

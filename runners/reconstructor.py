@@ -72,6 +72,18 @@ def slice_seed(base: int, fname: str, index: int) -> int:
     return (base * 1_000_003 + zlib.crc32(f"{fname}:{index}".encode())) % 2**63
 
 
+def input_folders(config, reconstructor: "Reconstructor", volumes) -> dict[str, str]:
+    """`{folder: what}` of every input of a run: the k-space and maps folders of `volumes` (`datasets.Volume`s), the
+    mask folder and the checkpoint's folder (runners/folders.check_not_input keeps outputs out of them)."""
+    inputs = {os.path.dirname(os.path.abspath(v.kspace_path)): "k-space" for v in volumes}
+    inputs.update({os.path.dirname(os.path.abspath(v.maps_path)): "coil maps" for v in volumes})
+    if config.data.mask_root:
+        inputs[os.path.abspath(config.data.mask_root)] = "mask (data.mask_root)"
+    if reconstructor.checkpoint:
+        inputs[os.path.dirname(os.path.abspath(reconstructor.checkpoint))] = "checkpoint"
+    return inputs
+
+
 class Reconstructor:
     """The method of `sampling.method`, resolved once from the config.
 

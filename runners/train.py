@@ -84,6 +84,9 @@ class _TrainLoop:
         """
         self.config, self.ctx, training = config, ctx, config.training
         self.run_dir = ""
+        if training.n_iters <= 0 and training.epochs <= 0:
+            raise ValueError(f"training.n_iters={training.n_iters} and training.epochs={training.epochs} leave "
+                             f"nothing to train; give training.epochs >= 1, or training.n_iters >= 1 steps")
         self.sde = build.make_sde(config)
         self.train_set = datasets.make_dataset(config, "train")
         self.steps_per_epoch = len(self._loader(0, 0))

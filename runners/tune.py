@@ -35,9 +35,9 @@ import torch
 from tqdm.auto import tqdm
 
 import datasets
-from runners import build
+from runners import build, folders
 from runners.first_use import prepare_data
-from runners.reconstructor import Reconstructor, apply_tuned, slice_seed
+from runners.reconstructor import Reconstructor, apply_tuned, input_folders, slice_seed
 from utils import metrics
 from utils.atomic import atomic_path, write_json
 from utils.figures import save_trials
@@ -127,16 +127,37 @@ def coordinate_search(objective: Callable[[tuple], float], axes: list[tuple], st
     return best, best_value
 
 
+def _complete(row: dict, keys: list[str]) -> bool:
+    """Whether a `trials.csv` row has every setting, a number for every metric and no extra field."""
+    if None in row or any(not row.get(k) for k in keys + list(METRICS)):
+        return False
+    try:
+        [float(row[m]) for m in METRICS]
+    except ValueError:
+        return False
+    return True
+
+
 class _Trials:
-    """The trial record `trials.csv`: loaded at start, rewritten atomically after every finished trial."""
+    """The trial record `trials.csv`: loaded at start (rows that are not complete, such as a last row cut short by
+    a full disk, dropped with a warning), rewritten atomically after every finished trial."""
 
     def __init__(self, path: str, keys: list[str]):
         self.path, self.keys = path, keys
         self.rows: dict[tuple, dict] = {}
         if os.path.exists(path):
             with open(path, newline="") as f:
-                for row in csv.DictReader(f):
+                text = f.read()
+            lines = text.splitlines(keepends=True)
+            cut = lines[-1:] if len(lines) > 1 and not text.endswith("\n") else []
+            rows = list(csv.DictReader(lines[:len(lines) - len(cut)]))
+            bad = len(cut) + sum(not _complete(row, keys) for row in rows)
+            for row in rows:
+                if _complete(row, keys):
                     self.rows[tuple(row[k] for k in keys)] = row
+            if bad:
+                logging.warning("%s: dropped %d incomplete trial row(s) (an interrupted write?); those trials are "
+                                "run again", path, bad)
 
     def get(self, values: tuple) -> dict | None:
         return self.rows.get(tuple(str(v) for v in values))
@@ -197,7 +218,10 @@ class Tuner:
         identity = self.reconstructor.identity(config, self.data["volumes"], self.data["keys"], self.mask,
                                                exclude=tuple(self.fields))
         self.out = os.path.join(workdir, "tune", f"{identity.name}_{metric}")
-        os.makedirs(self.out, exist_ok=True)
+        folders.check_not_input(self.out, "--workdir", input_folders(config, self.reconstructor,
+                                                                     self.data["volumes"]))
+        self.lock = folders.lock_folder(self.out, "--workdir", "tune folder")  # held until released or exit
+        folders.remove_stale_temporaries(self.out)
         write_json(os.path.join(self.out, "identity.json"), {"identity": identity.name, "fields": identity.fields})
         self.trials = _Trials(os.path.join(self.out, "trials.csv"), self.keys)
         self.truth = sense_adjoint(self.data["kspace"], self.data["maps"], 1.0).abs()[:, 0].cpu().numpy()

@@ -65,7 +65,7 @@ def test_cg_final_dc_moves_from_the_data_to_the_prior_with_lambda():
     np.testing.assert_allclose(mri.r2c(mid)[0, 0].numpy(), want, atol=1e-4)
     config = sampler_config()
     config.sampling.final_dc, config.sampling.dc_lambda = "cg", 0.0
-    with pytest.raises(ValueError, match="dc_lambda > 0"):
+    with pytest.raises(ValueError, match="sampling.dc_lambda=0.0 is not allowed: > 0 with sampling.final_dc=.cg."):
         sampling.clean(build.method_settings(config, "pc"), guess, data)
     with pytest.raises(ValueError, match="unknown sampling.final_dc 'exact'"):
         sampling.final_data_consistency(guess, data, "exact", 0.0, 40)

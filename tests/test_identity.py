@@ -90,7 +90,7 @@ def test_identity_follows_every_setting_of_every_method(setup, method):
         elif isinstance(value, str):
             changed = {"final_dc": "replace", "predictor": "reverse_diffusion", "corrector": "none"}[field.name]
         else:
-            changed = value + 1
+            changed = value / 2 if field.name == "eps" else value + 1  # eps stays in (0, 1)
         key = "N" if field.name == "steps" else "snr_accelerated" if field.name == "snr" else field.name
         old = config.sampling[key]
         config.sampling[key] = changed

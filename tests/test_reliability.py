@@ -229,7 +229,7 @@ def test_training_killed_and_rerun_at_once_three_times_resumes_the_same_run(phan
                 time.sleep(0.02)
             # What a kill during a checkpoint write leaves: a temporary file beside the checkpoint.
             [meta] = glob.glob(str(tmp_path / "*" / "checkpoints-meta"))
-            open(os.path.join(meta, f".checkpoint.pth.kill{i}.tmp"), "wb").close()
+            open(os.path.join(meta, f".checkpoint.pth.9999{i}.tmp"), "wb").close()
             run.send_signal(signal.SIGKILL)
             killed, run = run, subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=logs[i])
             killed.wait()
@@ -244,7 +244,7 @@ def test_training_killed_and_rerun_at_once_three_times_resumes_the_same_run(phan
     for i, log in enumerate(logs[1:], 1):
         text = open(log.name).read()
         assert "resumed from" in text and "Traceback" not in text, text
-        assert re.search(rf"removed \d+ temporary file\(s\) .*checkpoint\.pth\.kill{i}\.tmp", text), text
+        assert re.search(rf"removed \d+ temporary file\(s\) .*checkpoint\.pth\.9999{i}\.tmp", text), text
     assert _meta_step(tmp_path) == n_iters and os.path.exists(os.path.join(run_dir, "finished"))
     assert not glob.glob(os.path.join(run_dir, "*", "*.tmp")) and not glob.glob(os.path.join(run_dir, "*", ".*.tmp"))
 

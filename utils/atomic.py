@@ -1,15 +1,22 @@
 """One way to write a file atomically: `atomic_path(path)` gives a temporary name beside `path`
 (`.<name>.<pid>.tmp`) to write the whole file to; when the block succeeds the file is fsynced and renamed over
 `path`, so a reader sees the old file or the new one, never a part. On an exception the temporary is removed; a
-process killed in between leaves a `*.tmp` file that the owner of the folder removes
-(`runners/folders.remove_stale_temporaries`)."""
+process killed in between leaves a temporary that the owner of the folder removes
+(`runners/folders.remove_stale_temporaries`); `is_own_temporary` tells such names from a user's `*.tmp` files."""
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import re
 
 TMP_SUFFIX = ".tmp"
+_OWN_TEMPORARY = re.compile(r"\..+\.[0-9]+" + re.escape(TMP_SUFFIX))
+
+
+def is_own_temporary(name: str) -> bool:
+    """Whether file name `name` has the form of `atomic_path`'s temporaries, `.<name>.<pid>.tmp`."""
+    return _OWN_TEMPORARY.fullmatch(name) is not None
 
 
 @contextlib.contextmanager

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 from typing import Any
 
 import torch
@@ -85,10 +84,18 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
 
 
 def atomic_save(obj: Any, path: str) -> None:
-    """`torch.save` atomically (`utils/atomic.atomic_path`), creating the folder if needed."""
+    """`torch.save` atomically (`utils/atomic.atomic_path`), creating the folder if needed. A write the system
+    refuses (disk full, file-size limit) is a `CheckpointError` naming `path`; the previous file is kept."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        torch.save(obj, f)
+    try:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            torch.save(obj, f)
+    except (OSError, RuntimeError) as err:
+        cause = err if isinstance(err, OSError) else err.__context__  # torch wraps the failed write
+        if not isinstance(cause, OSError):
+            raise
+        raise CheckpointError(f"cannot write checkpoint {path}: {cause.strerror or cause} (disk full or a file-size "
+                              f"limit?); free space and rerun, the previous checkpoint is kept") from err
 
 
 def read_checkpoint(path: str | os.PathLike, device: str | torch.device) -> dict[str, Any]:
@@ -98,9 +105,9 @@ def read_checkpoint(path: str | os.PathLike, device: str | torch.device) -> dict
                                 "or sampling.checkpoint")
     try:
         loaded = torch.load(path, map_location=device, weights_only=True)
-    except (pickle.UnpicklingError, EOFError, RuntimeError) as err:
+    except Exception as err:  # noqa: BLE001 - torch.load raises many types for other files (KeyError for text)
         raise CheckpointError(f"cannot read checkpoint {path} (truncated, corrupt, or not a weights-only PyTorch "
-                           f"file): {err}") from err
+                              f"file): {type(err).__name__}: {err}") from err
     if not isinstance(loaded, dict) or "model" not in loaded:
         found = sorted(loaded) if isinstance(loaded, dict) else type(loaded).__name__
         raise CheckpointError(f"{path} is not a training checkpoint: expected a dict with a 'model' entry, found "

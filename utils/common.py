@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import random
 from dataclasses import dataclass
 from typing import Callable, Generic, TypeVar
@@ -68,6 +69,22 @@ class Registry(Generic[T]):
             for entry in registry._entries.values():
                 merged.add(entry)
         return merged
+
+
+def check_setting(key: str, value, ok: bool, allowed: str) -> None:
+    """Raise a ValueError naming config key `key`, its `value` and the `allowed` values unless `ok`."""
+    if not ok:
+        raise ValueError(f"{key}={value!r} is not allowed: {allowed}")
+
+
+def finite_at_least(value, low: float) -> bool:
+    """Whether `value` is a finite number ≥ `low` (False for NaN)."""
+    return isinstance(value, (int, float)) and math.isfinite(value) and value >= low
+
+
+def finite_above(value, low: float) -> bool:
+    """Whether `value` is a finite number > `low` (False for NaN)."""
+    return finite_at_least(value, low) and value > low
 
 
 def append_dims(v: torch.Tensor, ndim: int) -> torch.Tensor:
