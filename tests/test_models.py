@@ -1,6 +1,7 @@
 """DDPM score network, EMA, score-function wrappers and checkpoints (CPU, small shapes)."""
 import math
 import os
+import re
 
 import numpy as np
 import pytest
@@ -368,7 +369,7 @@ def test_save_checkpoint_writes_published_format_atomically(tmp_path, monkeypatc
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", broken_save)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(CheckpointError, match=f"cannot write checkpoint {re.escape(str(path))}: disk full"):
         save_checkpoint(path, state)
     assert os.listdir(path.parent) == ["checkpoint_5.pth"]
     monkeypatch.undo()
