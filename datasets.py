@@ -475,13 +475,6 @@ def get_dataset(config, mode: str) -> DataLoader:
     dataset = make_dataset(config, mode)
     batch_size = int(config.training.batch_size if mode != "test" else config.sampling.batch_size)
     if mode == "train":
-        per_process = len(dataset) // _rank_and_world_size()[1]
-        skip = int(config.training.skip_slices)
-        if per_process < batch_size:
-            raise DataError(f"training.batch_size={batch_size} is larger than the {per_process} training slices "
-                            f"per process in {dataset.kspace_root} ({len(dataset)} after skipping {skip} slices per "
-                            f"volume); lower training.batch_size (e.g. --config.training.batch_size="
-                            f"{max(per_process, 1)}), lower training.skip_slices, or add data")
         return train_loader(dataset, config, epoch=0)
     return ordered_loader(dataset, config, batch_size)
 
@@ -526,6 +519,13 @@ def train_loader(dataset: MultiCoilSliceDataset, config, epoch: int, skip_batche
     """
     rank, world_size = _rank_and_world_size()
     batch_size, seed = int(config.training.batch_size), int(config.seed)
+    per_process = len(dataset) // world_size
+    if per_process < batch_size:
+        skip = int(config.training.skip_slices)
+        raise DataError(f"training.batch_size={batch_size} is larger than the {per_process} training slices "
+                        f"per process in {dataset.kspace_root} ({len(dataset)} after skipping {skip} slices per "
+                        f"volume); lower training.batch_size (e.g. --config.training.batch_size="
+                        f"{max(per_process, 1)}), lower training.skip_slices, or add data")
     dataset.set_epoch(epoch)
     sampler = EpochSampler(dataset, rank, world_size, seed, epoch, skip_batches * batch_size)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=int(config.training.num_workers),

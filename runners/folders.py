@@ -74,11 +74,13 @@ def _inside(path: str, folder: str) -> bool:
 
 def check_not_input(out: str, key: str, inputs: dict[str, str]) -> None:
     """Raise `FolderError` when output folder `out` (set by `key`) is, contains or lies inside one of the `inputs`
-    folders (`{folder: what}`, e.g. `{"data/test": "k-space"}`); symbolic links are resolved."""
+    folders (`{folder: what}`, e.g. `{"data/test": "k-space"}`); symbolic links are resolved. The checkpoint's folder
+    (`what == "checkpoint"`) is only refused as the output folder itself: a checkpoint beside the working folder
+    must not forbid every output below it."""
     real = os.path.realpath(out)
     for folder, what in inputs.items():
         other = os.path.realpath(folder)
-        relation = ("is" if real == other else "lies inside" if _inside(real, other)
+        relation = ("is" if real == other else "" if what == "checkpoint" else "lies inside" if _inside(real, other)
                     else "contains" if _inside(other, real) else "")
         if relation:
             raise FolderError(f"{key}={out} {relation} the {what} folder {folder}; inputs are never written: choose "

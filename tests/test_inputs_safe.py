@@ -54,7 +54,7 @@ def test_output_folder_that_is_contains_or_lies_inside_an_input_is_refused_befor
     assert f"sampling.output_dir={folder.root} is the k-space folder {folder.root}" in error_line(result.stderr)
     checkpoint_folder = os.path.dirname(config.sampling.checkpoint)
     cases = {folder.maps_root: "is the coil maps folder", os.path.join(folder.root, "out"): "lies inside the k-space",
-             str(tmp_path): "contains the", os.path.join(checkpoint_folder, "samples"): "lies inside the checkpoint",
+             str(tmp_path): "contains the", checkpoint_folder: "is the checkpoint folder",
              config.data.mask_root: "is the mask (data.mask_root) folder"}
     for out, relation in cases.items():
         config.sampling.output_dir = out
@@ -62,6 +62,9 @@ def test_output_folder_that_is_contains_or_lies_inside_an_input_is_refused_befor
             reconstruct(config, "unused")
     assert _digests(str(tmp_path)) == before  # nothing written, nothing replaced
     assert not os.path.exists(os.path.join(folder.root, "out"))
+    # Below the checkpoint's folder (a checkpoint kept in the working folder) outputs are allowed.
+    assert folders.check_not_input(os.path.join(checkpoint_folder, "samples"), "sampling.output_dir",
+                                   {checkpoint_folder: "checkpoint"}) is None
 
 
 def test_symlinked_output_folder_into_the_data_is_refused(setup, tmp_path):
