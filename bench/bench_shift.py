@@ -217,12 +217,30 @@ def run_row(row: str, accelerations, methods, heads, out: str, max_slices: int =
                              "seconds_per_slice": summary["seconds_per_slice"]}
             if lam is not None:
                 entry[method]["lambda"] = lam
-        if "hfssde" in methods and "l1wavelet" in methods:
-            margin = per_slice_psnr(entry["hfssde"]["folder"]) - per_slice_psnr(entry["l1wavelet"]["folder"])
-            entry["worst_margin"] = float(margin.min())
-        results.append(entry)
+        results.append(with_margin(entry))
         print(format_table([entry], methods, header=False), flush=True)
     return results
+
+
+def with_margin(entry: dict) -> dict:
+    """`entry` with `worst_margin`, the smallest per-slice PSNR margin of HFS-SDE over ℓ1-wavelet, when it has both."""
+    if "hfssde" in entry and "l1wavelet" in entry:
+        margin = per_slice_psnr(entry["hfssde"]["folder"]) - per_slice_psnr(entry["l1wavelet"]["folder"])
+        entry["worst_margin"] = float(margin.min())
+    return entry
+
+
+def merge_results(path: str, entries: list[dict]) -> list[dict]:
+    """The entries of earlier runs in `path` (results.json) with this run's replacing those of the same row and
+    acceleration (methods of the same entry merged), in benchmark order: the table grows across partial runs."""
+    merged = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            merged = {(e["row"], e["acc"]): e for e in json.load(f)}
+    for e in entries:
+        merged[(e["row"], e["acc"])] = with_margin({**merged.get((e["row"], e["acc"]), {}), **e})
+    order = {row: i for i, row in enumerate(ROWS)}
+    return sorted(merged.values(), key=lambda e: (order.get(e["row"], len(order)), e["acc"]))
 
 
 def format_table(entries: list[dict], methods, header: bool = True) -> str:
@@ -232,7 +250,7 @@ def format_table(entries: list[dict], methods, header: bool = True) -> str:
         lines += [f"| row | acc | noise× | σ̂/σ | {cols} | HFS − ℓ1 (mean / worst slice) |",
                   "|" + "---|" * (len(methods) + 5)]
     for e in entries:
-        cells = [f"{e[m]['psnr']:.2f} / {e[m]['ssim']:.3f}" for m in methods]
+        cells = [f"{e[m]['psnr']:.2f} / {e[m]['ssim']:.3f}" if m in e else "–" for m in methods]
         margin = (f"{e['hfssde']['psnr'] - e['l1wavelet']['psnr']:+.2f} / {e['worst_margin']:+.2f}"
                   if "worst_margin" in e else "–")
         lines.append(f"| {e['row']} | {e['acc']}× | {e['noise_amplification']:.1f} | {e['sigma_ratio']:.2f} | "
@@ -299,7 +317,9 @@ def main(argv: list[str] | None = None) -> int:
     heads = load_heads(args.heads)
     print(format_table([], args.methods))
     entries = [e for row in rows for e in run_row(row, args.acc, args.methods, heads, args.out, args.max_slices)]
-    table = format_table(entries, args.methods)
+    entries = merge_results(os.path.join(args.out, "results.json"), entries)
+    methods = [m for m in METHODS if any(m in e for e in entries)]
+    table = format_table(entries, methods)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "table.md"), "w") as f:
         f.write(table + "\n")
