@@ -1,6 +1,8 @@
 """Hostile and clumsy inputs, done for real on small files (issue 18): output folders among the inputs, foreign
 result files and temporaries, symlinked locks, damaged trial tables and two tunes at once, bad numbers, files that
-are not checkpoints, non-finite output, headers that claim huge arrays, a full disk during a training checkpoint.
+are not checkpoints, exports with flipped bytes, non-finite output, headers that claim huge arrays, a full disk or a
+file-size limit at every result file and checkpoint, SIGINT/SIGTERM while a checkpoint is written, and our own
+files damaged.
 Result identity (checkpoint content, data, slices, settings) is tested in tests/test_identity.py."""
 from __future__ import annotations
 
@@ -493,6 +495,73 @@ def test_a_signal_from_outside_while_main_writes_a_checkpoint_is_one_line_and_th
         run.kill()
     assert run.returncode == 1 and "Traceback" not in stderr
     _check_stopped_at_step_2_then_resumed(phantom, workdir, stderr.strip().splitlines()[-1], signum, caplog)
+
+
+# ---- 9. our own files damaged, and odd values in them (probes beyond the issue's list) ----------------------------
+@pytest.mark.parametrize("text", ['{"identity": "x", "fie', "[1, 2]", '{"fields": 3}', "\udcff"])
+def test_a_damaged_setting_json_is_one_line_naming_it(setup, text):
+    config, _, _ = setup
+    out = config.sampling.output_dir
+    os.makedirs(out)
+    with open(os.path.join(out, "setting.json"), "w", errors="surrogateescape") as f:
+        f.write(text)
+    with pytest.raises(ValueError) as err:
+        reconstruct(config, "unused")
+    assert str(err.value) == (f"{out}/setting.json is damaged (not the setting.json this tool writes), so the results "
+                              f"in {out} cannot be matched to this run; give a new sampling.output_dir or delete the "
+                              f"folder to redo it")
+
+
+def test_damaged_rows_of_metrics_csv_are_dropped_with_a_warning_and_redone(setup, caplog):
+    config, _, _ = setup
+    config.sampling.max_slices = 2
+    reconstruct(config, "unused")
+    path = os.path.join(config.sampling.output_dir, "metrics.csv")
+    with open(path) as f:
+        header, first, second = f.read().splitlines()
+    for damaged in (f"{header}\n{first.replace(',', ',abc,', 1)}\n{second}\n".encode(), bytes(range(256)) * 4):
+        with open(path, "wb") as f:
+            f.write(damaged)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            assert reconstruct(config, "unused")["n_slices"] == 2
+        assert f"{path}: dropped" in caplog.text and "those slices are reconstructed again" in caplog.text
+        assert [(r["fname"], r["slice"]) for r in outputs.read_rows(path)] == [("file1000", 0), ("file1000", 1)]
+
+
+def test_a_trial_table_of_binary_garbage_is_dropped_with_a_warning(tmp_path, caplog):
+    path = tmp_path / "trials.csv"
+    path.write_bytes(bytes(range(256)) * 4)
+    with caplog.at_level(logging.WARNING):
+        assert _Trials(str(path), ["snr", "mse"]).rows == {}
+    assert f"{path}: dropped" in caplog.text and "those trials are run again" in caplog.text
+
+
+@pytest.mark.parametrize("text, message", [
+    ('{"sampling": {"snr_accelerated": "abc"}}', " sets sampling.snr_accelerated='abc', not a float; use a best.json"),
+    ('{"sampling": 5}', ": not a readable best.json of `main.py --mode tune`"),
+    ("[1]", ": not a readable best.json of `main.py --mode tune`"),
+])
+def test_a_tuned_file_with_values_of_the_wrong_type_is_one_line(setup, tmp_path, text, message):
+    config, _, _ = setup
+    path = tmp_path / "best.json"
+    path.write_text(text)
+    config.sampling.tuned = str(path)
+    with pytest.raises(ValueError, match=re.escape(f"sampling.tuned={path}{message}")):
+        reconstruct(config, "unused")
+    assert not os.path.exists(config.sampling.output_dir)
+
+
+def test_a_folder_in_the_place_of_a_result_file_is_named_not_its_temporary(setup):
+    config, _, _ = setup
+    config.sampling.max_slices = 1
+    reconstruct(config, "unused")
+    summary = os.path.join(config.sampling.output_dir, "summary.json")
+    os.remove(summary)
+    os.makedirs(summary)
+    with pytest.raises(WriteError, match=re.escape(f"cannot write {config.sampling.output_dir}/summary.json: Is a "
+                                                   f"directory; check the path and its permissions")):
+        reconstruct(config, "unused")
 
 
 # ---- issue 18 items 4-5: results never mix models, data or slices (runners/identity.py) ---------------------------
