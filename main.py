@@ -9,6 +9,7 @@ This is the only module that reads absl flags; everything below takes `(config, 
 """
 import os
 import re
+import shlex
 import sys
 import traceback
 
@@ -115,8 +116,9 @@ def main(argv):
             from runners.tune import tune
             best = tune(config, FLAGS.workdir, FLAGS.tune_metric, FLAGS.tune_slices)
             overrides = [a for a in sys.argv[1:] if a.startswith("--config.")]
-            command = " ".join(["python main.py --mode sample --config", config_flags.get_config_filename(
-                FLAGS["config"])] + overrides + [f"--config.sampling.tuned={best['folder']}/best.json"])
+            command = "python main.py --mode sample --config " + " ".join(map(shlex.quote, [
+                config_flags.get_config_filename(FLAGS["config"])] + overrides + [
+                f"--config.sampling.tuned={best['folder']}/best.json"]))
             print(f"best of {best['trials']} trials: {best['sampling']} (PSNR {best['psnr']:.2f} dB, SSIM "
                   f"{best['ssim']:.4f} on validation slices)\nreconstruct with them:\n  {command}")
         else:

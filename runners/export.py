@@ -5,7 +5,8 @@ the meta checkpoint's size).
     python -m runners.export results/<run>/checkpoints-meta/checkpoint.pth demo/hfssde_brain_demo.pth
 
 The network is rebuilt from the checkpoint's config record (the keys that shape it), so no config file is needed.
-A file exported from the EMA is marked `weights: "ema"` and serves `sampling.use_ema=True` as well as False.
+A file exported from the EMA is marked `weights: "ema"` and serves `sampling.use_ema=True` as well as False. The file
+records the SHA-256 of its weights (`weights_sha256`), checked whenever it is read (utils/checkpoints.py).
 """
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ import sys
 
 from configs.default_fastMRI_configs import get_default_configs
 from runners.build import checkpoint_record, create_model
-from utils.checkpoints import CheckpointError, atomic_save, load_model_weights, read_checkpoint
+from utils.checkpoints import (WEIGHTS_DIGEST, CheckpointError, atomic_save, load_model_weights, read_checkpoint,
+                               weights_digest)
 
 
 def config_from_record(record: dict):
@@ -38,8 +40,8 @@ def export(src: str, dst: str, ema: bool = True, half: bool = True) -> None:
     model = create_model(config)
     step = load_model_weights(src, model, ema, "cpu", checkpoint_record(config))
     weights = {k: (v.half() if half and v.is_floating_point() else v) for k, v in model.state_dict().items()}
-    atomic_save({"model": weights, "step": step, "config": loaded["config"], "weights": "ema" if ema else "raw"},
-                 os.fspath(dst))
+    atomic_save({"model": weights, "step": step, "config": loaded["config"], "weights": "ema" if ema else "raw",
+                 WEIGHTS_DIGEST: weights_digest(weights)}, os.fspath(dst))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import fnmatch
 import glob
+import io
 import json
 import logging
 import os
@@ -27,7 +28,7 @@ import scipy.io
 
 from runners.identity import Identity, differences
 from utils import metrics
-from utils.atomic import atomic_path, write_json
+from utils.atomic import atomic_path, read_csv_rows, write_json
 from utils.figures import save_panel
 
 FIELDS = ["fname", "slice", "nmse", "psnr", "ssim", "nmse_published", "psnr_published", "ssim_published",
@@ -73,14 +74,20 @@ def _parse(key: str, value: str | None):
     return int(float(value)) if key in _INTEGERS else float(value)
 
 
+def _parse_row(row: dict) -> dict | None:
+    """A `metrics.csv` row with its numbers parsed; None when a column of `FIELDS` is empty or does not parse."""
+    if any(row.get(k) in (None, "") for k in FIELDS):
+        return None
+    try:
+        return {k: _parse(k, row[k]) for k in FIELDS + list(POSTERIOR_FIELDS) if row.get(k) not in (None, "")}
+    except ValueError:
+        return None
+
+
 def read_rows(path: str) -> list[dict]:
-    """The complete rows of `metrics.csv` (every column of `FIELDS`, numbers parsed); empty when there is no file."""
-    if not os.path.exists(path):
-        return []
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    return [{k: _parse(k, row[k]) for k in FIELDS + list(POSTERIOR_FIELDS) if row.get(k) not in (None, "")}
-            for row in rows if all(row.get(k) not in (None, "") for k in FIELDS)]
+    """The complete rows of `metrics.csv` (every column of `FIELDS`, numbers parsed); empty when there is no file.
+    Damaged rows are dropped with a warning (their slices are reconstructed again)."""
+    return read_csv_rows(path, _parse_row, "those slices are reconstructed again")
 
 
 class SliceRecords:
@@ -143,6 +150,17 @@ class SliceRecords:
             writer.writerows(self._rows[key] for key in sorted(self._rows))
 
 
+def _write_h5(path: str, arrays: dict[str, np.ndarray]) -> None:
+    """Write `arrays` as the datasets of an `.h5` file, atomically. The file is built in memory and written with
+    Python's I/O, so a refused write is a `WriteError` naming `path` (HDF5 may report it as a RuntimeError)."""
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as f:
+        for key, value in arrays.items():
+            f.create_dataset(key, data=value)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(buffer.getbuffer())
+
+
 def write_volumes(out: str, rows: list[dict]) -> list[dict]:
     """Assemble `<file>.h5` volumes (`reconstruction` `[slices, H, W]` magnitudes, with posterior samples their `std`,
     and the `slices` indices) from
@@ -153,11 +171,10 @@ def write_volumes(out: str, rows: list[dict]) -> list[dict]:
         mats = [scipy.io.loadmat(mat_path(out, fname, i)) for i in indices]
         recon = np.stack([np.abs(m["recon"]) for m in mats]).astype(np.float32)
         truth = np.stack([np.abs(m["ground_truth"]) for m in mats])
-        with atomic_path(os.path.join(out, f"{fname}.h5")) as tmp, h5py.File(tmp, "w") as f:
-            f.create_dataset("reconstruction", data=recon)
-            f.create_dataset("slices", data=np.asarray(indices))
-            if all("std" in m for m in mats):
-                f.create_dataset("std", data=np.stack([m["std"] for m in mats]).astype(np.float32))
+        arrays = {"reconstruction": recon, "slices": np.asarray(indices)}
+        if all("std" in m for m in mats):
+            arrays["std"] = np.stack([m["std"] for m in mats]).astype(np.float32)
+        _write_h5(os.path.join(out, f"{fname}.h5"), arrays)
         volumes.append({"fname": fname, "n_slices": len(indices), **metrics.evaluate_volume(truth, recon)})
     if volumes:
         with atomic_path(os.path.join(out, "volumes.csv")) as tmp, open(tmp, "w", newline="") as f:
@@ -191,9 +208,14 @@ def claim_output_folder(identity: Identity, out: str, keys) -> None:
                              f"sampling.output_dir")
         write_json(path, current)
         return
-    with open(path) as f:
-        saved = json.load(f)
-    changed = differences(saved.get("fields", saved), identity.fields)
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+        changed = differences(saved.get("fields", saved), identity.fields)
+    except (ValueError, AttributeError):  # not JSON, or not the object this tool writes
+        raise ValueError(f"{path} is damaged (not the setting.json this tool writes), so the results in {out} cannot "
+                         f"be matched to this run; give a new sampling.output_dir or delete the folder to redo it"
+                         ) from None
     if changed:
         raise ValueError(f"{out} holds reconstructions of another setting (differs in {', '.join(changed)}); give a "
                          f"new sampling.output_dir or delete the folder to redo it")

@@ -44,13 +44,18 @@ def apply_tuned(config) -> None:
     try:
         with open(path) as f:
             values = json.load(f)["sampling"]
-    except (OSError, ValueError, KeyError) as err:
+        unknown = sorted(set(values) - set(config.sampling.keys()))
+    except (OSError, ValueError, KeyError, TypeError) as err:
         raise ValueError(f"sampling.tuned={path}: not a readable best.json of `main.py --mode tune` ({err})") from err
-    unknown = sorted(set(values) - set(config.sampling.keys()))
     if unknown:
         raise ValueError(f"sampling.tuned={path} sets unknown sampling keys {unknown}")
     for key, value in values.items():
-        config.sampling[key] = value
+        try:
+            config.sampling[key] = value
+        except TypeError:
+            raise ValueError(f"sampling.tuned={path} sets sampling.{key}={value!r}, not a "
+                             f"{type(config.sampling[key]).__name__}; use a best.json written by `main.py --mode "
+                             f"tune`") from None
 
 
 def checkpoint_path(config, workdir: str) -> str:

@@ -8,6 +8,9 @@ CPU): each rank reads `training.batch_size` slices per step from its own shard o
 K × batch_size), seeds are `seed + rank`, and only rank 0 writes logs and checkpoints. Speed options:
 `training.bf16` (autocast) and `training.compile` on CUDA (ignored with a warning elsewhere), `training.channels_last`
 on every device.
+
+SIGINT (Ctrl-C) and SIGTERM stop training with one line naming the last checkpoint; a checkpoint being written
+when the signal comes is completed first (runners/interrupts.py), and the same command resumes from it.
 """
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ from models.ema import ExponentialMovingAverage
 from runners import build
 from runners.distributed import Dist, all_rng_states, from_rank0, init_distributed, set_rng_state
 from runners.first_use import prepare_data
+from runners.interrupts import Interrupted, deferred, interruptible
 from runners.run_folder import FINISHED_FILE, META_CHECKPOINT, open_run, save_config
 from utils import checkpoints, metrics
 from utils.common import derived_seed, seed_everything
@@ -233,10 +237,9 @@ class _TrainLoop:
         try:
             out = self.train_step(self.state, images)
         except losses.NonFiniteLossError as err:
-            kept = (f"the last good checkpoint is {self.last_saved[0]} (step {self.last_saved[1]})"
-                    if self.last_saved else "no checkpoint was written yet")
-            raise SystemExit(f"train: {err}; training stopped and {kept}. Lower optim.lr, keep optim.grad_clip > 0 "
-                             f"or check the data, then resume with --workdir {self.run_dir}") from None
+            raise SystemExit(f"train: {err}; training stopped and {self.kept()}. Lower optim.lr, keep "
+                             f"optim.grad_clip > 0 or check the data, then resume with --workdir {self.run_dir}"
+                             ) from None
         w = self._window
         w["loss"] += out["loss"]
         w["grad_norm"] += out["grad_norm"]
@@ -324,15 +327,23 @@ class _TrainLoop:
         self._window["paused"] += time.perf_counter() - start
 
     # -- checkpoints --
+    def kept(self) -> str:
+        """Which checkpoint a stopped run keeps, for messages."""
+        if self.last_saved is None:
+            return "no checkpoint was written yet"
+        return f"the last good checkpoint is {self.last_saved[0]} (step {self.last_saved[1]})"
+
     def _save(self, names: list[str]) -> None:
-        """Write the training state to `names` (relative to the run folder), atomically, on rank 0."""
+        """Write the training state to `names` (relative to the run folder), atomically, on rank 0; a SIGINT or
+        SIGTERM that comes meanwhile stops training once every file is written."""
         start = time.perf_counter()
         state = dict(self.state, rng=all_rng_states(self.ctx), config=build.checkpoint_record(self.config))
-        if self.ctx.is_main:
-            for name in names:
-                checkpoints.save_checkpoint(os.path.join(self.run_dir, name), state)
-            self.writer.flush()
-        self.last_saved = (os.path.join(self.run_dir, names[0]), self.state["step"])
+        with deferred():
+            if self.ctx.is_main:
+                for name in names:
+                    checkpoints.save_checkpoint(os.path.join(self.run_dir, name), state)
+                self.writer.flush()
+            self.last_saved = (os.path.join(self.run_dir, names[0]), self.state["step"])
         self._window["paused"] += time.perf_counter() - start
 
     def _prune_epoch_checkpoints(self) -> None:
@@ -391,11 +402,11 @@ def train(config, workdir: str) -> str:
     """Train the score network of `config` in a run folder of `workdir` (see the module docstring).
 
     Returns the run folder. User mistakes (bad config values, missing data, batch too large, ...) raise
-    `SystemExit` with one line naming the key or path and the fix; so does a non-finite loss.
+    `SystemExit` with one line naming the key or path and the fix; so do a non-finite loss and SIGINT / SIGTERM.
     """
-    ctx = None
+    ctx = loop = None
     try:
-        with contextlib.ExitStack() as stack:
+        with contextlib.ExitStack() as stack, interruptible():
             try:
                 ctx = init_distributed(config)
                 if not ctx.is_main:
@@ -414,6 +425,10 @@ def train(config, workdir: str) -> str:
             _describe(loop)
             loop.run()
             return loop.run_dir
+    except Interrupted as stop:
+        where = (f"at step {loop.state['step']}; {loop.kept()}: rerun the same command (or --workdir "
+                 f"{loop.run_dir}) to resume" if loop is not None and loop.run_dir else "before training began")
+        raise SystemExit(f"train: stopped by {stop.name} {where}") from None
     finally:
         if ctx is not None and ctx.world_size > 1:
             dist.destroy_process_group()

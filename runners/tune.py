@@ -39,7 +39,7 @@ from runners import build, folders
 from runners.first_use import prepare_data
 from runners.reconstructor import Reconstructor, apply_tuned, input_folders, slice_seed
 from utils import metrics
-from utils.atomic import atomic_path, write_json
+from utils.atomic import atomic_path, read_csv_rows, write_json
 from utils.figures import save_trials
 from utils.mri import sense_adjoint
 
@@ -144,20 +144,8 @@ class _Trials:
 
     def __init__(self, path: str, keys: list[str]):
         self.path, self.keys = path, keys
-        self.rows: dict[tuple, dict] = {}
-        if os.path.exists(path):
-            with open(path, newline="") as f:
-                text = f.read()
-            lines = text.splitlines(keepends=True)
-            cut = lines[-1:] if len(lines) > 1 and not text.endswith("\n") else []
-            rows = list(csv.DictReader(lines[:len(lines) - len(cut)]))
-            bad = len(cut) + sum(not _complete(row, keys) for row in rows)
-            for row in rows:
-                if _complete(row, keys):
-                    self.rows[tuple(row[k] for k in keys)] = row
-            if bad:
-                logging.warning("%s: dropped %d incomplete trial row(s) (an interrupted write?); those trials are "
-                                "run again", path, bad)
+        rows = read_csv_rows(path, lambda row: row if _complete(row, keys) else None, "those trials are run again")
+        self.rows: dict[tuple, dict] = {tuple(row[k] for k in keys): row for row in rows}
 
     def get(self, values: tuple) -> dict | None:
         return self.rows.get(tuple(str(v) for v in values))

@@ -14,6 +14,7 @@ from runners.build import checkpoint_record, create_model
 from models.ddpm import DDPM
 from models.ema import ExponentialMovingAverage
 from models.layers import NIN, AttnBlock, get_timestep_embedding
+from utils.atomic import WriteError
 from utils.checkpoints import CheckpointError, load_checkpoint, load_model_weights, save_checkpoint
 
 
@@ -369,7 +370,7 @@ def test_save_checkpoint_writes_published_format_atomically(tmp_path, monkeypatc
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", broken_save)
-    with pytest.raises(CheckpointError, match=f"cannot write checkpoint {re.escape(str(path))}: disk full"):
+    with pytest.raises(WriteError, match=f"cannot write {re.escape(str(path))}: disk full"):
         save_checkpoint(path, state)
     assert os.listdir(path.parent) == ["checkpoint_5.pth"]
     monkeypatch.undo()
@@ -440,7 +441,7 @@ def test_export_writes_the_ema_in_half_precision_and_loads(tmp_path):
                                             "optimizer": torch.optim.Adam(model.parameters())})
     export(str(tmp_path / "full.pth"), str(tmp_path / "small.pth"))
     small = torch.load(tmp_path / "small.pth", weights_only=True)
-    assert set(small) == {"model", "step", "config", "weights"} and small["weights"] == "ema"
+    assert set(small) == {"model", "step", "config", "weights", "weights_sha256"} and small["weights"] == "ema"
     assert all(v.dtype == torch.float16 for v in small["model"].values() if v.is_floating_point())
     for use_ema in (True, False):
         fresh = create_model(config)

@@ -4,6 +4,7 @@ import itertools
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 
@@ -85,12 +86,16 @@ def test_tune_mode_through_main_prints_the_command(tmp_path):
     config_file = os.path.join(ROOT, "configs/vp/phantom_demo.py")
     overrides = ["--config.sampling.method=l1wavelet", "--config.sampling.l1_iters=5",
                  f"--config.data.eval_root={ROOT}/data/phantom_demo/test", "--config.device=cpu"]
+    workdir = tmp_path / "my results"  # the printed command quotes a path with a space
     result = subprocess.run([sys.executable, "main.py", "--mode", "tune", "--config", config_file,
-                             f"--workdir={tmp_path}", "--tune_slices=1"] + overrides,
+                             f"--workdir={workdir}", "--tune_slices=1"] + overrides,
                             cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "--config.sampling.tuned=" in result.stdout and "l1_lambda" in result.stdout
-    best = json.loads(next((tmp_path / "tune").glob("*/best.json")).read_text())
+    [path] = (workdir / "tune").glob("*/best.json")
+    command = shlex.split(result.stdout.strip().splitlines()[-1])
+    assert command == ["python", "main.py", "--mode", "sample", "--config", config_file, *overrides,
+                       f"--config.sampling.tuned={path}"] and "l1_lambda" in result.stdout
+    best = json.loads(path.read_text())
     assert set(best["sampling"]) == {"l1_lambda"} and np.isfinite(best["psnr"])
 
 

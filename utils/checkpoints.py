@@ -9,9 +9,15 @@ and the network, and the SDE's schedule and low-frequency mask; the runners choo
 `{"group.key": value}`. Loading a checkpoint under a record that differs in any of them warns in one line naming
 the keys (same-shaped weights of another SDE load, but their score belongs to that SDE). Files without the record
 (published weights) load silently.
+
+Exported checkpoints (runners/export.py) also hold `weights_sha256`, the SHA-256 of their weights (`weights_digest`);
+reading such a file checks it, so flipped bytes inside the weights are one error naming the file instead of a
+network that silently computes something else. Files without it (training checkpoints, older exports, published
+weights) are read as they are.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from typing import Any
@@ -26,6 +32,7 @@ _CONFIG_HINT = ("the checkpoint was probably trained with other network settings
                 "model.num_res_blocks, model.attn_resolutions, model.conditional, data.image_size and "
                 "data.num_channels (model.num_scales sizes the `sigmas` buffer) against the run that wrote it")
 _MAX_LISTED = 20
+WEIGHTS_DIGEST = "weights_sha256"
 
 
 class CheckpointError(ValueError):
@@ -85,20 +92,34 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
 
 def atomic_save(obj: Any, path: str) -> None:
     """`torch.save` atomically (`utils/atomic.atomic_path`), creating the folder if needed. A write the system
-    refuses (disk full, file-size limit) is a `CheckpointError` naming `path`; the previous file is kept."""
+    refuses (disk full, file-size limit) is a `WriteError` naming `path`; the previous file is kept."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    try:
-        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        try:
             torch.save(obj, f)
-    except (OSError, RuntimeError) as err:
-        cause = err if isinstance(err, OSError) else err.__context__  # torch wraps the failed write
-        if not isinstance(cause, OSError):
+        except RuntimeError as err:  # torch wraps the failed write of its file object
+            if isinstance(err.__context__, OSError):
+                raise err.__context__ from err
             raise
-        raise CheckpointError(f"cannot write checkpoint {path}: {cause.strerror or cause} (disk full or a file-size "
-                              f"limit?); free space and rerun, the previous checkpoint is kept") from err
+
+
+def weights_digest(weights: dict[str, Any]) -> str:
+    """SHA-256 of a state dict: every entry's name, dtype, shape and bytes, in name order ("" when an entry is not
+    a tensor)."""
+    sha = hashlib.sha256()
+    for key in sorted(weights):
+        value = weights[key]
+        if not torch.is_tensor(value):
+            return ""
+        value = value.detach().cpu().contiguous().reshape(-1)
+        sha.update(f"{key}:{value.dtype}:{value.numel()};".encode())
+        sha.update(value.view(torch.uint8).numpy())
+    return sha.hexdigest()
 
 
 def read_checkpoint(path: str | os.PathLike, device: str | torch.device) -> dict[str, Any]:
+    """The content of checkpoint `path` (a dict with a `model` entry) on `device`; a file that cannot be read, is
+    not a checkpoint or whose weights do not match their recorded `weights_sha256` is a `CheckpointError`."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path} not found; check --workdir, sampling.folder / sampling.ckpt "
@@ -112,6 +133,11 @@ def read_checkpoint(path: str | os.PathLike, device: str | torch.device) -> dict
         found = sorted(loaded) if isinstance(loaded, dict) else type(loaded).__name__
         raise CheckpointError(f"{path} is not a training checkpoint: expected a dict with a 'model' entry, found "
                               f"{found}")
+    recorded = loaded.get(WEIGHTS_DIGEST)
+    if recorded is not None and (not isinstance(loaded["model"], dict) or weights_digest(loaded["model"]) != recorded):
+        raise CheckpointError(f"checkpoint {path} is damaged: its weights do not match the SHA-256 recorded when it "
+                              f"was exported; download it again, or export it again with `python -m runners.export "
+                              f"<training checkpoint> {path}`")
     return loaded
 
 
