@@ -470,3 +470,27 @@ def ddim_sampler(score_fn, sde, y, csm, mask, settings: DDIMSettings, noise, sho
         x = (sde.marginal_mean(x0, t_next) + append_dims(torch.sqrt(std_next ** 2 - spread ** 2), x.ndim) * eps_hat
              + append_dims(spread, x.ndim) * sde.project(noise(x.shape)))
     return clean(c, x0, data), counted.nfe
+
+
+def data_response(settings, sde, noise: torch.Tensor, csm: torch.Tensor, mask, sigma: torch.Tensor) -> torch.Tensor:
+    """The change of a sampler's result `[B, 1, H, W]` (complex) when its measured k-space changes by `noise`
+    (`[B, C, H, W]`), through its last data-consistency operations replayed on the noise alone, the network's
+    denoised estimate held fixed (linear in `noise`: the pseudo-replica response of `utils/noise.py`).
+
+    DDIM: the last step's proximal solve, `argmin ‖A δ − ν‖² + λ‖δ‖²` by `dc_iters` conjugate-gradient steps from 0,
+    λ its `dc_lambda` or, noise-aware, `λ_ε = ζ σ̂²/σ̄_ε²` at the last time `eps` (`sigma` `[B]` is σ̂); then, for
+    every sampler, `clean`: the support mask and `final_dc` (`replace`: `δ + Aᴴ(ν − A δ)`; `cg`: the proximal solve
+    around δ with `dc_lambda`, `cg_iters` steps). The discrepancy stop is not replayed (CG from 0 only lengthens
+    its iterate's norm with each step, so the full count bounds the stopped solve's response). PC and ODE keep the
+    data through score-scaled gradient terms, which have no linear response: only their `final_dc` is replayed.
+    """
+    data = Measurements(noise, csm, mask, dc_scale=settings.dc_scale)
+    b, _, h, w = noise.shape
+    delta = torch.zeros((b, 2, h, w), dtype=noise.real.dtype, device=noise.device)
+    if isinstance(settings, DDIMSettings):
+        lamda = settings.dc_lambda
+        if settings.noise_aware:
+            data.sigma = sigma
+            lamda = data.noise_lambda(sde, torch.full((b,), settings.eps, device=noise.device))
+        delta = data.solve(delta, lamda, settings.dc_iters)
+    return r2c(clean(settings, delta, data))

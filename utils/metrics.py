@@ -232,6 +232,15 @@ def evaluate_volume(gt: ArrayLike, pred: ArrayLike) -> dict[str, float]:
     return {"nmse": nmse(gt, pred), "psnr": psnr(gt, pred), "ssim": ssim_volume(gt, pred)}
 
 
+def _rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman rank correlation of two 1-D arrays; NaN when either is constant or has fewer than 2 values."""
+    from scipy.stats import spearmanr  # noqa: PLC0415 - only posterior samples and error maps need it
+
+    if a.size < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return float("nan")
+    return float(spearmanr(a, b).statistic)
+
+
 def calibration(gt: ArrayLike, mean: ArrayLike, std: ArrayLike, region: ArrayLike) -> dict[str, float]:
     """How well a pixelwise posterior std predicts the error of the posterior mean, over `region` (0/1 `[H, W]`).
 
@@ -239,12 +248,57 @@ def calibration(gt: ArrayLike, mean: ArrayLike, std: ArrayLike, region: ArrayLik
     the pixels exactly as their errors do); `coverage_2std`: the fraction of pixels with `|error| ≤ 2·std` (about
     0.95 for a calibrated Gaussian posterior; lower means over-confident). Inputs are `[H, W]`, complex or magnitude.
     """
-    from scipy.stats import spearmanr  # noqa: PLC0415 - only posterior samples need it
-
     gt, mean = _pair(to_magnitude(gt), to_magnitude(mean))
-    std = _numpy(std).astype(np.float64)
     inside = _numpy(region).astype(bool)
     error = np.abs(mean - gt)[inside]
-    spread = std[inside]
-    corr = spearmanr(spread, error).statistic if spread.size > 1 and np.ptp(spread) > 0 else float("nan")
-    return {"std_rank_corr": float(corr), "coverage_2std": float(np.mean(error <= 2 * spread))}
+    spread = _numpy(std).astype(np.float64)[inside]
+    return {"std_rank_corr": _rank_correlation(spread, error), "coverage_2std": float(np.mean(error <= 2 * spread))}
+
+
+# Error maps: coverage, conformal calibration and the predicted PSNR (runners/uncertainty.py).
+
+COVERAGE_LEVELS = (0.5, 0.68, 0.9, 0.95)  # nominal two-sided coverages reported per slice (`coverage_50` ...)
+
+
+def gaussian_z(level: float) -> float:
+    """The half-width `z` of the two-sided Gaussian interval `±z·σ` that holds the fraction `level` in (0, 1)."""
+    from scipy.stats import norm  # noqa: PLC0415
+
+    return float(norm.ppf(0.5 + level / 2))
+
+
+def coverage(error: np.ndarray, std: np.ndarray, levels=COVERAGE_LEVELS) -> list[float]:
+    """Observed coverage of the intervals `±z(level)·std` (`gaussian_z`): for each level the fraction of the values
+    with `|error| ≤ z·std`; `error` and `std` are arrays of one shape (e.g. the object's pixels)."""
+    error, std = np.abs(np.asarray(error, dtype=np.float64)), np.asarray(std, dtype=np.float64)
+    return [float(np.mean(error <= gaussian_z(level) * std)) for level in levels]
+
+
+def conformal_quantile(scores: np.ndarray, level: float) -> float:
+    """The split-conformal quantile of calibration `scores` (n values): the ⌈(n + 1)·level⌉-th smallest, `inf` when
+    that rank exceeds n. A new score exchangeable with them is at most this value with probability ≥ `level`."""
+    scores = np.sort(np.asarray(scores, dtype=np.float64).ravel())
+    rank = int(np.ceil((scores.size + 1) * level))
+    return float(scores[rank - 1]) if 1 <= rank <= scores.size else float("inf")
+
+
+def predicted_psnr(peak: float, variance: ArrayLike) -> float:
+    """PSNR in dB that an error of pixelwise `variance` `[H, W]` would give with the data range `peak`:
+    `10 log10(peak² / mean(variance))` (the mean over the whole image, as the fastMRI PSNR's MSE)."""
+    mse = float(np.mean(_numpy(variance).astype(np.float64)))
+    with np.errstate(divide="ignore"):
+        return float(10.0 * np.log10(peak ** 2 / mse)) if mse > 0 else float("inf")
+
+
+def error_calibration(gt: ArrayLike, recon: ArrayLike, error_std: ArrayLike, region: ArrayLike) -> dict[str, float]:
+    """How well an error map `error_std` `[H, W]` (the predicted std of `|recon| − |gt|`) describes the error, over
+    `region`: `coverage_50`, `coverage_68`, `coverage_90`, `coverage_95` (observed coverage of the nominal levels
+    `COVERAGE_LEVELS`, `coverage`) and `error_rank_corr` (Spearman rank correlation between the map and |error|)."""
+    gt, recon = _pair(to_magnitude(gt), to_magnitude(recon))
+    inside = _numpy(region).astype(bool)
+    error = np.abs(recon - gt)[inside]
+    spread = _numpy(error_std).astype(np.float64)[inside]
+    covered = coverage(error, spread)
+    row = {f"coverage_{round(100 * level)}": value for level, value in zip(COVERAGE_LEVELS, covered)}
+    row["error_rank_corr"] = _rank_correlation(spread, error)
+    return row

@@ -1,0 +1,154 @@
+"""Error maps (issue 17): the conformal quantile, coverage, predicted PSNR and the pseudo-replica noise propagation,
+against float64 references on tiny problems; then the calibration fit and its use in the reconstruction harness."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import np_fft2c
+
+import sampling
+import sde_lib
+from utils import metrics
+from utils.noise import kspace_noise, replica_variance
+
+
+def test_conformal_quantile_is_the_rank_ceil_n_plus_1_level():
+    scores = np.arange(1.0, 20.0)[::-1]  # 19 values, given out of order
+    assert metrics.conformal_quantile(scores, 0.9) == 18.0  # ⌈20 · 0.9⌉ = 18
+    assert metrics.conformal_quantile(scores, 0.5) == 10.0
+    assert metrics.conformal_quantile(scores, 0.96) == float("inf")  # ⌈20 · 0.96⌉ = 20 > 19
+    rng = np.random.default_rng(0)
+    calibration, test = rng.standard_exponential(999), rng.standard_exponential(200_000)
+    q = metrics.conformal_quantile(calibration, 0.9)
+    assert np.mean(calibration <= q) >= 0.9 and abs(np.mean(test <= q) - 0.9) < 0.02
+
+
+def test_coverage_of_gaussian_errors_matches_the_nominal_levels():
+    assert metrics.gaussian_z(0.95) == pytest.approx(1.959964, abs=1e-6)
+    assert metrics.gaussian_z(0.68) == pytest.approx(0.994458, abs=1e-6)
+    rng = np.random.default_rng(1)
+    std = rng.uniform(0.5, 2.0, 100_000)
+    error = std * rng.standard_normal(std.size)
+    np.testing.assert_allclose(metrics.coverage(error, std), metrics.COVERAGE_LEVELS, atol=0.005)
+    narrow = math.erf(metrics.gaussian_z(0.95) / 3 / math.sqrt(2))  # P(|N(0, 1)| ≤ 1.96 / 3)
+    np.testing.assert_allclose(metrics.coverage(error, std / 3, (0.95,)), [narrow], atol=0.005)
+
+
+def test_error_calibration_columns_and_rank_correlation():
+    rng = np.random.default_rng(2)
+    truth = np.ones((40, 40))
+    std = rng.uniform(0.01, 0.1, truth.shape)
+    recon = truth + std * rng.standard_normal(truth.shape)
+    row = metrics.error_calibration(truth, recon, std, np.ones(truth.shape))
+    assert set(row) == {"coverage_50", "coverage_68", "coverage_90", "coverage_95", "error_rank_corr"}
+    assert abs(row["coverage_95"] - 0.95) < 0.03 and row["error_rank_corr"] > 0.4
+    assert np.isnan(metrics.error_calibration(truth, recon, np.full(truth.shape, 0.1), np.ones(truth.shape))[
+        "error_rank_corr"])
+
+
+def test_predicted_psnr_is_the_psnr_of_an_error_of_that_variance():
+    variance = np.full((8, 9), 0.01)
+    assert metrics.predicted_psnr(2.0, variance) == pytest.approx(10 * np.log10(4 / 0.01))
+    error = np.sqrt(variance)  # an error of exactly that power
+    assert metrics.predicted_psnr(2.0, variance) == pytest.approx(metrics.psnr(np.full((8, 9), 2.0), 2.0 - error))
+    assert metrics.predicted_psnr(1.0, np.zeros((4, 4))) == float("inf")
+
+
+# --- noise propagation: explicit float64 matrices on a 5×6 image with 2 coils -----------------------------------
+
+H, W, C = 5, 6, 2
+
+
+@pytest.fixture(scope="module")
+def problem():
+    rng = np.random.default_rng(3)
+    maps = rng.standard_normal((C, H, W)) + 1j * rng.standard_normal((C, H, W))
+    maps /= np.sqrt(np.sum(np.abs(maps) ** 2, axis=0))
+    maps[:, 0, 0] = 0  # one pixel no coil sees
+    mask = np.zeros((H, W))
+    mask[:, [0, 2, 3]] = 1
+    columns = []
+    for p in range(H * W):
+        basis = np.zeros(H * W, complex)
+        basis[p] = 1
+        columns.append((mask * np_fft2c(maps * basis.reshape(H, W))).ravel())
+    a = np.stack(columns, axis=1)  # [C·H·W, H·W]: A x = M ⊙ F(S ⊙ x), every coil's samples stacked
+    return {"A": a, "maps": torch.from_numpy(maps[None]).to(torch.complex64),
+            "mask": torch.from_numpy(mask[None, None]).float()}
+
+
+def tikhonov(a: np.ndarray, lamda: float) -> np.ndarray:
+    """`(AᴴA + λI)⁻¹Aᴴ` in float64."""
+    return np.linalg.solve(a.conj().T @ a + lamda * np.eye(a.shape[1]), a.conj().T)
+
+
+def response_matrix(settings, problem, sde=None, sigma=0.0) -> np.ndarray:
+    """`sampling.data_response` applied to every k-space basis vector at once (one batch): its matrix
+    `[H·W, C·H·W]`."""
+    n = C * H * W
+    basis = torch.eye(n, dtype=torch.complex64).reshape(n, C, H, W)
+    delta = sampling.data_response(settings, sde, basis, problem["maps"].expand(n, C, H, W), problem["mask"],
+                                   torch.full((n,), sigma))
+    return delta.reshape(n, H * W).numpy().T
+
+
+def ddim_settings(**changes) -> sampling.DDIMSettings:
+    values = dict(noise_aware=False, dc_scale=1.0, discrepancy=1.0, support_mask=False, final_dc="none",
+                  dc_lambda=0.05, cg_iters=100, steps=1, eps=1e-3, eta=0.0, dc_iters=100)
+    return sampling.DDIMSettings(**{**values, **changes})
+
+
+def test_ddim_response_is_the_last_proximal_solve(problem):
+    a = problem["A"]
+    measured = np.abs(a).sum(axis=1) > 0  # rows of unmeasured samples are zero: noise there is masked away
+    expected = tikhonov(a, 0.05)
+    got = response_matrix(ddim_settings(), problem)
+    np.testing.assert_allclose(got[:, measured], expected[:, measured], atol=2e-4)
+
+
+def test_noise_aware_ddim_response_uses_the_last_time_lambda(problem):
+    sde = sde_lib.VPSDE(beta_min=0.1, beta_max=20.0, num_scales=10)
+    eps, zeta, sigma = 0.02, 2.0, 0.03
+    level = float(sde.marginal_std(torch.tensor([eps]))[0] / sde.mean_scale(torch.tensor([eps]))[0])
+    lamda = zeta * sigma ** 2 / level ** 2
+    got = response_matrix(ddim_settings(noise_aware=True, dc_scale=zeta, eps=eps), problem, sde, sigma)
+    np.testing.assert_allclose(got, tikhonov(problem["A"], lamda), atol=2e-4)
+
+
+@pytest.mark.parametrize("final_dc", ["cg", "replace"])
+def test_final_data_consistency_is_replayed_after_the_last_step(problem, final_dc):
+    a, lamda = problem["A"], 0.1
+    first = tikhonov(a, lamda)  # the last DDIM step (λ = dc_lambda)
+    if final_dc == "cg":  # argmin ‖A x − ν‖² + λ‖x − δ‖² = (AᴴA + λ)⁻¹(Aᴴν + λ δ)
+        expected = np.linalg.solve(a.conj().T @ a + lamda * np.eye(H * W), a.conj().T + lamda * first)
+    else:  # δ + Aᴴ(ν − A δ)
+        expected = first + a.conj().T @ (np.eye(a.shape[0]) - a @ first)
+    got = response_matrix(ddim_settings(final_dc=final_dc, dc_lambda=lamda), problem)
+    measured = np.abs(a).sum(axis=1) > 0
+    np.testing.assert_allclose(got[:, measured], expected[:, measured], atol=5e-4)
+
+
+def test_pc_without_final_dc_has_no_response(problem):
+    settings = sampling.PCSettings(noise_aware=False, dc_scale=1.0, discrepancy=1.0, support_mask=False,
+                                   final_dc="none", dc_lambda=0.01, cg_iters=5, steps=1, eps=1e-3,
+                                   predictor="euler_maruyama", corrector="langevin", snr=0.16, n_steps_each=1,
+                                   mse=1.0, corrector_mse=1.0, project_score=False, noise_removal=True, denoise=False)
+    assert not response_matrix(settings, problem).any()
+
+
+def test_pseudo_replica_variance_matches_the_closed_form(problem):
+    a, sigma = problem["A"], 0.3
+    r = tikhonov(a, 0.05)
+    expected = sigma ** 2 / 2 * np.sum(np.abs(r) ** 2 * (np.abs(a).sum(axis=1) > 0), axis=1)  # σ²/2 diag(R M Rᴴ)
+    batch = 400  # replicas spread over a batch of identical slices: 400 × 10 = 4000 in all
+    matrix = torch.from_numpy(r).to(torch.complex64)
+    response = lambda nu: (nu.reshape(batch, -1) @ matrix.T).reshape(batch, 1, H, W)  # noqa: E731
+    gen = torch.Generator().manual_seed(0)
+    normal = lambda shape: torch.randn(shape, generator=gen)  # noqa: E731
+    var = replica_variance(response, (batch, C, H, W), torch.full((batch,), sigma), problem["mask"], 10, normal)
+    np.testing.assert_allclose(var.mean(0).reshape(-1).numpy(), expected, rtol=0.08, atol=1e-7)
+    noise = kspace_noise((batch, C, H, W), torch.full((batch,), sigma), problem["mask"], normal)
+    measured = problem["mask"].expand(batch, C, H, W) > 0
+    assert noise.abs().square()[measured].mean() == pytest.approx(sigma ** 2, rel=0.03)
+    assert not noise[~measured].any()
