@@ -3,6 +3,7 @@
     python main.py --mode train  --config configs/hfssde/ddpm_continuous.py [--workdir results]
     python main.py --mode sample --config configs/hfssde/ddpm_continuous.py --config.sampling.folder=<run>
     python main.py --mode tune   --config configs/hfssde/brain_demo.py [--tune_metric ssim] [--tune_slices 2]
+    python main.py --mode calibrate --config configs/hfssde/brain_demo.py [--tune_slices 2]
 
 Any config key can be overridden on the command line: `--config.training.batch_size=4`.
 This is the only module that reads absl flags; everything below takes `(config, workdir)`.
@@ -18,12 +19,14 @@ from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training/sampling configuration file.", lock_config=True)
-flags.DEFINE_enum("mode", None, ["train", "sample", "tune"], "Running mode: train, sample (reconstruct the test "
-                  "set) or tune (search the sampler settings on validation slices).")
+flags.DEFINE_enum("mode", None, ["train", "sample", "tune", "calibrate"], "Running mode: train, sample (reconstruct "
+                  "the test set), tune (search the sampler settings on validation slices) or calibrate (fit the error "
+                  "map's calibration on validation slices).")
 flags.DEFINE_string("workdir", "results", "Folder of runs (train starts a new run in it) or one run folder "
                     "(train resumes it).")
 flags.DEFINE_enum("tune_metric", "psnr", ["psnr", "ssim"], "tune: the score to maximise.")
-flags.DEFINE_integer("tune_slices", 2, "tune: how many validation slices (data.eval_root) score a trial.", lower_bound=1)
+flags.DEFINE_integer("tune_slices", 2, "tune and calibrate: how many validation slices (data.eval_root) score a "
+                     "trial or fit the calibration.", lower_bound=1)
 flags.mark_flags_as_required(["config", "mode"])
 
 # Mistakes a user can fix: bad values, names and data (ValueError, with the project's DataError, CheckpointError,
@@ -31,7 +34,8 @@ flags.mark_flags_as_required(["config", "mode"])
 # anything else, other RuntimeErrors included, keeps its traceback.
 USER_ERRORS = (ValueError, OSError)
 _OUT_OF_MEMORY = ("out of memory", "can't allocate memory")
-_BATCH_KEYS = {"train": "training.batch_size", "sample": "sampling.batch_size", "tune": "--tune_slices"}
+_BATCH_KEYS = {"train": "training.batch_size", "sample": "sampling.batch_size", "tune": "--tune_slices",
+               "calibrate": "sampling.batch_size"}
 
 
 def out_of_memory_hint(err: BaseException, mode: str, config) -> str | None:
@@ -105,6 +109,13 @@ def parse_flags(argv):
              f"configs/default_fastMRI_configs.py.")
 
 
+def sample_command(override: str) -> str:
+    """The `--mode sample` command of this run's config and overrides, plus `override`."""
+    overrides = [a for a in sys.argv[1:] if a.startswith("--config.")]
+    return "python main.py --mode sample --config " + " ".join(map(shlex.quote, [
+        config_flags.get_config_filename(FLAGS["config"])] + overrides + [override]))
+
+
 def main(argv):
     del argv
     config = FLAGS.config
@@ -115,12 +126,15 @@ def main(argv):
         elif FLAGS.mode == "tune":
             from runners.tune import tune
             best = tune(config, FLAGS.workdir, FLAGS.tune_metric, FLAGS.tune_slices)
-            overrides = [a for a in sys.argv[1:] if a.startswith("--config.")]
-            command = "python main.py --mode sample --config " + " ".join(map(shlex.quote, [
-                config_flags.get_config_filename(FLAGS["config"])] + overrides + [
-                f"--config.sampling.tuned={best['folder']}/best.json"]))
+            command = sample_command(f"--config.sampling.tuned={best['folder']}/best.json")
             print(f"best of {best['trials']} trials: {best['sampling']} (PSNR {best['psnr']:.2f} dB, SSIM "
                   f"{best['ssim']:.4f} on validation slices)\nreconstruct with them:\n  {command}")
+        elif FLAGS.mode == "calibrate":
+            from runners.calibrate import calibrate
+            report = calibrate(config, FLAGS.workdir, FLAGS.tune_slices)
+            command = sample_command(f"--config.sampling.calibration={report['path']}")
+            print(f"calibrated on {report['slices']} validation slices: {report['calibration']}\nreconstruct with "
+                  f"it:\n  {command}")
         else:
             from runners.reconstruct import reconstruct
             reconstruct(config, FLAGS.workdir)

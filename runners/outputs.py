@@ -26,6 +26,7 @@ import h5py
 import numpy as np
 import scipy.io
 
+from runners import uncertainty
 from runners.identity import Identity, differences
 from utils import metrics
 from utils.atomic import atomic_path, read_csv_rows, write_json
@@ -35,7 +36,9 @@ FIELDS = ["fname", "slice", "nmse", "psnr", "ssim", "nmse_published", "psnr_publ
           "zf_nmse", "zf_psnr", "zf_ssim", "residual", "zf_residual", "flagged", "seconds", "nfe"]
 # Columns of slices reconstructed with several posterior samples (utils/metrics.calibration); empty otherwise.
 POSTERIOR_FIELDS = ("std_rank_corr", "coverage_2std")
-_INTEGERS = ("slice", "flagged", "nfe")
+# Columns that a slice has where they apply: the posterior ones, then the error map's and warnings'.
+OPTIONAL_FIELDS = POSTERIOR_FIELDS + uncertainty.FIELDS
+_INTEGERS = ("slice", "flagged", "nfe", "warn")
 RANK_ROWS = "metrics.rank{}.csv"  # rows of rank r > 0 of a multi-process reconstruction
 _MAT_KEYS = ("recon", "zero_filled", "ground_truth")
 
@@ -45,17 +48,18 @@ def mat_path(out: str, fname: str, index: int) -> str:
 
 
 def write_slice(out: str, fname: str, index: int, recon: np.ndarray, zero_filled: np.ndarray, truth: np.ndarray,
-                row: dict, title: str, std: np.ndarray | None = None, samples: np.ndarray | None = None) -> None:
-    """`recon_<file>_<slice>.mat` (complex `[H, W]` images; with posterior samples also `std`, the pixelwise std of
-    their magnitudes, and optionally the complex `samples` `[K, H, W]`) and the `<file>_<slice>.png` panel of the
-    magnitudes scored in `row` (plus the std map), the reconstruction titled `title`."""
-    images = {"recon": recon, "zero_filled": zero_filled, "ground_truth": truth}
-    images.update({k: v for k, v in (("std", std), ("samples", samples)) if v is not None})
+                row: dict, title: str, arrays: dict[str, np.ndarray] | None = None) -> None:
+    """`recon_<file>_<slice>.mat` (complex `[H, W]` images and the `arrays` there are: `std`, the pixelwise std of
+    the posterior samples' magnitudes, the complex `samples` `[K, H, W]`, the error map `error_std`, its noise part
+    `noise_std` and the warning's `baseline` image, runners/uncertainty.py) and the `<file>_<slice>.png` panel of the
+    magnitudes scored in `row` (plus the error map, or the samples' std), the reconstruction titled `title`."""
+    arrays = arrays or {}
     with atomic_path(mat_path(out, fname, index)) as tmp, open(tmp, "wb") as f:
-        scipy.io.savemat(f, images, do_compression=True)
+        scipy.io.savemat(f, {"recon": recon, "zero_filled": zero_filled, "ground_truth": truth, **arrays},
+                         do_compression=True)
     zf = {"psnr": row["zf_psnr"], "ssim": row["zf_ssim"]}
     save_panel(os.path.join(out, f"{fname}_{index}.png"), np.abs(zero_filled), np.abs(recon), np.abs(truth), zf, row,
-               title, std)
+               title, arrays.get("error_std", arrays.get("std")))
 
 
 def _read_mat(path: str) -> dict | None:
@@ -79,7 +83,7 @@ def _parse_row(row: dict) -> dict | None:
     if any(row.get(k) in (None, "") for k in FIELDS):
         return None
     try:
-        return {k: _parse(k, row[k]) for k in FIELDS + list(POSTERIOR_FIELDS) if row.get(k) not in (None, "")}
+        return {k: _parse(k, row[k]) for k in FIELDS + list(OPTIONAL_FIELDS) if row.get(k) not in (None, "")}
     except ValueError:
         return None
 
@@ -145,7 +149,7 @@ class SliceRecords:
 
     def _write(self) -> None:
         with atomic_path(self.path) as tmp, open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=FIELDS + list(POSTERIOR_FIELDS), extrasaction="ignore")
+            writer = csv.DictWriter(f, fieldnames=FIELDS + list(OPTIONAL_FIELDS), extrasaction="ignore")
             writer.writeheader()
             writer.writerows(self._rows[key] for key in sorted(self._rows))
 
@@ -186,7 +190,7 @@ def write_volumes(out: str, rows: list[dict]) -> list[dict]:
 
 def _own_names(keys) -> set[str]:
     """The names of the files a reconstruction of the slices `keys` (`(file, slice)` pairs) writes into its folder."""
-    names = {"metrics.csv", "volumes.csv", "summary.json"}
+    names = {"metrics.csv", "volumes.csv", "summary.json", "reliability.png"}
     for fname, index in keys:
         names.update({os.path.basename(mat_path("", fname, index)), f"{fname}_{index}.png", f"{fname}.h5"})
     return names

@@ -4,18 +4,25 @@ write the results.
 Outputs, in one folder per result identity (`sampling.output_dir`, or
 `<workdir>/<sampling.folder>/samples/<prefix>_<hash>`, runners/identity.py: the prefix names test set, mask,
 method, SDE and steps; the hash covers every setting, the checkpoint's content, the data files and the slices):
-    recon_<file>_<slice>.mat   keys recon, zero_filled, ground_truth (complex [H, W]) — one per slice
+    recon_<file>_<slice>.mat   keys recon, zero_filled, ground_truth (complex [H, W]) — one per slice; with an
+                               error map (runners/uncertainty.py) also error_std, noise_std and the baseline image
     <file>_<slice>.png         zero-filled | reconstruction (titled with SDE, sampler and steps) | ground truth |
-                               |error| with its scale; the images scored, PSNR/SSIM (fastMRI convention) in the titles
+                               |error| with its scale (| the predicted error std); the images scored, PSNR/SSIM
+                               (fastMRI convention) in the titles
     <file>.h5                  fastMRI-style `reconstruction` [slices, H, W] (magnitude, float32) and `slices`
     metrics.csv                one row per slice (`reconstructor.score_slice`): both metric conventions
-                               (utils/metrics.py), the data residuals, `flagged`, seconds, NFE
+                               (utils/metrics.py), the data residuals, `flagged`, seconds, NFE; the error map's
+                               columns and `warn` (`uncertainty.slice_columns`)
     volumes.csv                fastMRI per-volume metrics
-    summary.json               means over slices, flagged slices, NFE, seconds per slice, method, mask, identity
+    summary.json               means over slices, flagged and warned slices, NFE, seconds per slice, method, mask,
+                               identity; with error maps the reliability diagram's numbers
+    reliability.png            with error maps: observed against nominal coverage on the objects' pixels
     setting.json               the identity's fields
 
-A slice whose data residual is far above zero-filled's is flagged (runners/reconstructor.py) with a warning in the
-log.
+A slice whose data residual is far above zero-filled's is flagged (runners/reconstructor.py), one that is predicted
+to be no better than it should be is warned (runners/uncertainty.py), each with a warning in the log.
+`sampling.calibration` (a calibration.json of `main.py --mode calibrate`) scales the error map; it must have been
+fitted for the same setting.
 
 Every file is written atomically and the folder has one writer at a time (runners/folders.py); a second run into
 it waits briefly and then stops with a line naming the process that holds it. A rerun of the same identity skips
@@ -49,10 +56,11 @@ import torch
 import torch.distributed as dist
 
 import datasets
-from runners import build, folders, outputs
+from runners import build, folders, outputs, uncertainty
 from runners.distributed import Dist, from_rank0, init_distributed
 from runners.reconstructor import (FLAG_FACTOR, FLAG_MARGIN, Reconstructor, apply_tuned, data_residual, datashift,
-                                   input_folders, score_slice, slice_seed)
+                                   input_folders, object_support, score_slice, slice_seed)
+from utils.figures import save_reliability
 from utils.mri import sense_adjoint
 
 CPU_BATCH_SIZE = 4  # sampling.batch_size=0 on the CPU: batching gains little there (bench/README.md: 1.05× at 4)
@@ -60,10 +68,13 @@ MEMORY_FRACTION = 0.8  # sampling.batch_size=0 on CUDA: the share of the free me
 RANK_WAIT = datetime.timedelta(hours=24)  # how long a rank that has finished waits for the others
 
 
-def output_folder(config, workdir: str, identity) -> str:
-    """`sampling.output_dir`, or `<workdir>/<sampling.folder>/samples/<identity name>`."""
+def output_folder(config, workdir: str, identity, split: str = "test") -> str:
+    """`sampling.output_dir`, or `<workdir>/<sampling.folder>/samples/<identity name>` (validation slices:
+    `<workdir>/calibrate/<identity name>`)."""
     if config.sampling.output_dir:
         return config.sampling.output_dir
+    if split == "eval":
+        return os.path.join(workdir, "calibrate", identity.name)
     return os.path.join(workdir, config.sampling.folder, "samples", identity.name)
 
 
@@ -74,10 +85,13 @@ def _check_sizes(mask: torch.Tensor, kspace: torch.Tensor, config) -> None:
                          f"size or give a mask of that size")
 
 
-def reconstruct_loader(config, reconstructor: Reconstructor, loader, mask, records: outputs.SliceRecords) -> None:
-    """Reconstruct, score (`score_slice`) and write every slice of `loader`, adding its row to `records`."""
+def reconstruct_loader(config, reconstructor: Reconstructor, loader, mask, records: outputs.SliceRecords,
+                       calibration: uncertainty.Calibration | None = None) -> None:
+    """Reconstruct, score (`score_slice` and the error-map columns of `uncertainty.slice_columns`, with
+    `calibration` when given) and write every slice of `loader`, adding its row to `records`."""
     out = records.out
     on_support = datashift(config) == "phantom"
+    opts = reconstructor.uncertainty
     for batch in loader:
         if batch is None:  # every slice of the batch was broken and skipped (data.skip_broken)
             continue
@@ -86,9 +100,9 @@ def reconstruct_loader(config, reconstructor: Reconstructor, loader, mask, recor
         _check_sizes(mask, kspace, config)
         names, indices = batch["fname"], batch["slice"].tolist()
         y = mask * kspace
+        seeds = [slice_seed(config.sampling.seed, f, s) for f, s in zip(names, indices)]
         start = time.perf_counter()
-        samples, nfe = reconstructor(y, maps, mask, [slice_seed(config.sampling.seed, f, s)
-                                                     for f, s in zip(names, indices)])
+        samples, nfe = reconstructor(y, maps, mask, seeds)
         recon = samples.mean(dim=1, keepdim=True)
         std = samples.abs().std(dim=1) if samples.shape[1] > 1 else None
         if recon.is_cuda:
@@ -98,20 +112,32 @@ def reconstruct_loader(config, reconstructor: Reconstructor, loader, mask, recor
         zero_filled = sense_adjoint(y, maps, mask)
         residuals = data_residual(recon, y, maps, mask).tolist()
         zf_residuals = data_residual(zero_filled, y, maps, mask).tolist()
+        error_maps = uncertainty.batch_maps(reconstructor, samples, y, maps, mask, seeds)
         for j, (fname, index) in enumerate(zip(names, indices)):
             images = [v[j, 0].cpu().numpy() for v in (recon, zero_filled, truth)]
-            posterior = {} if std is None else {"std": std[j].cpu().numpy()}
+            magnitudes = [np.abs(v) for v in images]
+            arrays = {} if std is None else {"std": std[j].cpu().numpy()}
+            columns, error_std = uncertainty.slice_columns(magnitudes[0], magnitudes[2], object_support,
+                                                           arrays.get("std"), error_maps, j,
+                                                           reconstructor.num_samples, opts, calibration)
             row = {"fname": fname, "slice": index,
-                   **score_slice(*(np.abs(v) for v in images), residuals[j], zf_residuals[j],
-                                 posterior.get("std"), on_support),
-                   "seconds": seconds, "nfe": nfe}
-            if posterior and config.sampling.save_samples:
-                posterior["samples"] = samples[j].cpu().numpy()
-            outputs.write_slice(out, fname, index, *images, row, reconstructor.label, **posterior)
+                   **score_slice(*magnitudes, residuals[j], zf_residuals[j], arrays.get("std"), on_support),
+                   **columns, "seconds": seconds, "nfe": nfe}
+            if error_std is not None:
+                arrays["error_std"] = error_std.astype(np.float32)
+            if "var_noise" in error_maps:
+                arrays["noise_std"] = np.sqrt(error_maps["var_noise"][j]).astype(np.float32)
+            if "baseline" in error_maps:
+                arrays["baseline"] = error_maps["baseline"][j]
+            if std is not None and config.sampling.save_samples:
+                arrays["samples"] = samples[j].cpu().numpy()
+            outputs.write_slice(out, fname, index, *images, row, reconstructor.label, arrays)
             records.add(row)
-            logging.info("%s slice %d: PSNR %.2f dB (zero-filled %.2f), SSIM %.4f, data residual %.4f (zero-filled "
-                         "%.4f), %.1f s", fname, index, row["psnr"], row["zf_psnr"], row["ssim"], row["residual"],
-                         row["zf_residual"], seconds)
+            logging.info("%s slice %d: PSNR %.2f dB (zero-filled %.2f%s), SSIM %.4f, data residual %.4f (zero-filled "
+                         "%.4f, %.2f× the noise level), %.1f s", fname, index, row["psnr"], row["zf_psnr"],
+                         f", predicted {row['pred_psnr']:.2f}" if "pred_psnr" in row else "", row["ssim"],
+                         row["residual"], row["zf_residual"], row["misfit"], seconds)
+            uncertainty.log_warnings(fname, index, row, opts, calibration is not None)
             if row["flagged"]:
                 logging.warning("%s slice %d is flagged: its data residual %.4f is far above zero-filled's %.4f "
                                 "(> %g × zero-filled + %g), so the reconstruction does not fit its own measurements; "
@@ -120,7 +146,7 @@ def reconstruct_loader(config, reconstructor: Reconstructor, loader, mask, recor
 
 
 def summarize(config, rows: list[dict], volumes: list[dict], reconstructor: Reconstructor, identity,
-              records_folder: str) -> dict:
+              records_folder: str, error_summary: dict | None = None) -> dict:
     mean = lambda key: float(np.mean([r[key] for r in rows]))  # noqa: E731
     s = config.sampling
     summary = {"method": f"{config.training.sde}-{s.method}" if reconstructor.diffusion else s.method,
@@ -135,6 +161,7 @@ def summarize(config, rows: list[dict], volumes: list[dict], reconstructor: Reco
     for key in outputs.POSTERIOR_FIELDS:
         if all(key in r for r in rows):
             summary[key] = float(np.nanmean([r[key] for r in rows]))
+    summary.update(error_summary or {})
     summary["nfe"] = int(max(r["nfe"] for r in rows))
     summary["seconds_per_slice"] = mean("seconds")
     for key in ("nmse", "psnr", "ssim"):
@@ -199,13 +226,22 @@ def resolve_batch_size(config, reconstructor: Reconstructor, mask: torch.Tensor,
     return size
 
 
-def _finish(config, records: outputs.SliceRecords, reconstructor: Reconstructor, identity) -> dict:
-    """Rank 0, every rank done: take in the ranks' rows, write the volumes and summary.json; returns the summary."""
+def _finish(config, records: outputs.SliceRecords, reconstructor: Reconstructor, identity,
+            calibration: uncertainty.Calibration | None) -> dict:
+    """Rank 0, every rank done: take in the ranks' rows, write the volumes, summary.json and (with error maps)
+    reliability.png; returns the summary."""
     records.absorb_ranks()
     rows = records.finished()
     if not rows:
         raise ValueError(f"no slices were reconstructed into {records.out}; check sampling.max_slices and the test set")
-    summary = summarize(config, rows, outputs.write_volumes(records.out, rows), reconstructor, identity, records.out)
+    diagram = uncertainty.reliability(uncertainty.read_maps(records.out, rows, outputs.mat_path), object_support)
+    if diagram is not None:
+        state = "calibrated" if calibration is not None else "uncalibrated"
+        save_reliability(os.path.join(records.out, "reliability.png"),
+                         {f"{reconstructor.label} ({state})": (diagram["nominal"], diagram["observed"])},
+                         f"{len(rows)} slice(s), {datashift(config)}")
+    summary = summarize(config, rows, outputs.write_volumes(records.out, rows), reconstructor, identity, records.out,
+                        uncertainty.summarize(rows, calibration, diagram))
     outputs.write_json(os.path.join(records.out, "summary.json"), summary)
     broken = [f"{r['fname']} slice {r['slice']}" for r in rows if not math.isfinite(r["residual"])]
     if broken:
@@ -215,16 +251,18 @@ def _finish(config, records: outputs.SliceRecords, reconstructor: Reconstructor,
     return summary
 
 
-def _reconstruct(config, workdir: str, ctx: Dist) -> dict:
+def _reconstruct(config, workdir: str, ctx: Dist, split: str) -> dict:
     """`reconstruct` on one rank of `ctx` (the module docstring says who writes what)."""
     reconstructor = Reconstructor(config, workdir)
     mask = build.sample_mask(config)
-    dataset = datasets.make_dataset(config, "test")
+    dataset = datasets.make_dataset(config, split)
     keys = [(dataset.volumes[v].name, s) for v, s in dataset.slices]
     limit = int(config.sampling.max_slices)
     wanted = range(min(limit, len(keys)) if limit > 0 else len(keys))
     identity = reconstructor.identity(config, dataset.volumes, [keys[i] for i in wanted], mask)
-    out = output_folder(config, workdir, identity)
+    calibration = uncertainty.load_calibration(config.sampling.calibration, identity)
+    identity = uncertainty.with_calibration(identity, calibration)
+    out = output_folder(config, workdir, identity, split)
     key = "sampling.output_dir" if config.sampling.output_dir else "--workdir"
     records = None
     with contextlib.ExitStack() as stack:
@@ -249,19 +287,20 @@ def _reconstruct(config, workdir: str, ctx: Dist) -> dict:
                      f", {len(mine)} on rank {ctx.rank} of {ctx.world_size}" if ctx.world_size > 1 else "")
         with torch.no_grad():
             reconstruct_loader(config, reconstructor, datasets.ordered_loader(dataset, config, batch_size, mine),
-                               mask, records)
+                               mask, records, calibration)
         if ctx.world_size > 1:
             dist.barrier()
-        return from_rank0(ctx, lambda: _finish(config, records, reconstructor, identity))
+        return from_rank0(ctx, lambda: _finish(config, records, reconstructor, identity, calibration))
 
 
-def reconstruct(config, workdir: str) -> dict:
-    """Reconstruct the `sampling.datashift` test set (this process's share under torchrun); returns the summary
-    (also written as summary.json) with the output `folder`."""
+def reconstruct(config, workdir: str, split: str = "test") -> dict:
+    """Reconstruct the `sampling.datashift` test set (`split="eval"`: the validation set, `data.eval_root`, as
+    `main.py --mode calibrate` does), this process's share under torchrun; returns the summary (also written as
+    summary.json) with the output `folder`."""
     apply_tuned(config)
     ctx = init_distributed(config, timeout=RANK_WAIT)
     try:
-        summary = _reconstruct(config, workdir, ctx)
+        summary = _reconstruct(config, workdir, ctx, split)
     finally:
         if ctx.world_size > 1:
             dist.destroy_process_group()
@@ -270,4 +309,8 @@ def reconstruct(config, workdir: str) -> dict:
                      "%.4f (zero-filled %.4f), %d flagged, %.2f s/slice -> %s", summary["method"], summary["n_slices"],
                      summary["nmse"], summary["psnr"], summary["ssim"], summary["zf_psnr"], summary["residual"],
                      summary["zf_residual"], summary["n_flagged"], summary["seconds_per_slice"], summary["folder"])
+        if summary.get("warning"):
+            logging.warning("%d of %d slices are warned (runners/uncertainty.py): the reconstruction is predicted to "
+                            "be no better than it should be on most of this set; compare with the classical "
+                            "baselines before trusting it", summary["n_warned"], summary["n_slices"])
     return summary

@@ -21,7 +21,7 @@ from scipy.ndimage import binary_fill_holes
 import datasets
 import sampling
 from models import get_score_fn
-from runners import build
+from runners import build, uncertainty
 from runners.identity import Identity, array_digest, data_fields, file_digest, jsonable
 from utils import metrics
 from utils.checkpoints import load_model_weights
@@ -111,6 +111,11 @@ class Reconstructor:
         self.label = self.entry.label
         self.description = self.method
         self.checkpoint = self.checkpoint_sha = ""
+        self.uncertainty = uncertainty.options(config)
+        self.baseline = None  # (entry, settings) of `sampling.warn_baseline`
+        if self.uncertainty.warn_baseline:
+            name = self.uncertainty.warn_baseline
+            self.baseline = (build.METHODS.entry(name), build.method_settings(config, name))
         if not self.diffusion:
             return
         self.sde = build.make_sde(config)
@@ -137,6 +142,16 @@ class Reconstructor:
                                  mask, settings, noise, show_progress=self.show_progress)
         return r2c(x).reshape(y.shape[0], k, *x.shape[-2:]), nfe * k  # evaluations per slice
 
+    def noise_response(self, csm, mask, sigma):
+        """The method's response to a change `ν` of its measured k-space, `ν [B, C, H, W] ↦ δ [B, 1, H, W]`
+        (complex; `runners/uncertainty.py`), for maps `csm` `[B, C, H, W]` and noise levels σ̂ `sigma` `[B]`; None
+        for a method without one (ℓ1-wavelet)."""
+        if self.diffusion:
+            return lambda nu: sampling.data_response(self.settings, self.sde, nu, csm, mask, sigma)
+        if self.method in uncertainty.LINEAR_BASELINES:
+            return lambda nu: self.entry.item(nu, csm, mask, self.settings)
+        return None
+
     def identity(self, config, volumes, slices, mask: torch.Tensor, exclude: tuple[str, ...] = ()) -> Identity:
         """The identity (runners/identity.py) of this method's result on `slices` (`(file, slice)` pairs) of the
         set `volumes` with the sampling `mask`; `exclude` leaves settings fields out (the tuner's searched keys)."""
@@ -152,6 +167,9 @@ class Reconstructor:
                           checkpoint=self.checkpoint_sha, use_ema=bool(s.use_ema), num_samples=self.num_samples,
                           seed=int(s.seed), save_samples=bool(s.save_samples))
             parts += [str(config.training.sde), f"N{self.settings.steps}"]
+        extra = uncertainty.identity_fields(self.uncertainty, self.baseline[1] if self.baseline else None)
+        if extra is not None:
+            fields["uncertainty"] = extra
         return Identity("_".join(parts), jsonable(fields))
 
 

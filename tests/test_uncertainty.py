@@ -9,6 +9,7 @@ from conftest import np_fft2c
 
 import sampling
 import sde_lib
+from runners import uncertainty
 from utils import metrics
 from utils.noise import kspace_noise, replica_variance
 
@@ -152,3 +153,125 @@ def test_pseudo_replica_variance_matches_the_closed_form(problem):
     measured = problem["mask"].expand(batch, C, H, W) > 0
     assert noise.abs().square()[measured].mean() == pytest.approx(sigma ** 2, rel=0.03)
     assert not noise[~measured].any()
+
+
+# --- calibration fit and the harness ------------------------------------------------------------------------------
+
+def synthetic_slices(rng, count, spread_scale, baseline_noise=None):
+    """Validation-like slices whose error is Gaussian with `spread_scale` times the (uncalibrated) map."""
+    slices = []
+    for _ in range(count):
+        truth = rng.uniform(0.5, 1.0, (24, 24))
+        error_std = rng.uniform(0.01, 0.05, truth.shape)
+        item = {"truth": truth, "error_std": error_std,
+                "recon": np.abs(truth + spread_scale * error_std * rng.standard_normal(truth.shape))}
+        if baseline_noise is not None:
+            item["baseline"] = np.abs(truth + baseline_noise * rng.standard_normal(truth.shape))
+        slices.append(item)
+    return slices
+
+
+def test_fit_scales_the_map_to_the_nominal_coverage_and_predicts_the_mse():
+    everywhere = lambda truth: np.ones(truth.shape, bool)  # noqa: E731
+    slices = synthetic_slices(np.random.default_rng(4), 4, 3.0, baseline_noise=0.2)
+    calibration = uncertainty.fit(slices, everywhere)
+    assert calibration.scale == pytest.approx(3.0, rel=0.05)
+    assert calibration.mse_scale == pytest.approx(1.0, rel=0.1)
+    fresh = synthetic_slices(np.random.default_rng(5), 4, 3.0, baseline_noise=0.2)
+    scaled = [{**s, "error_std": calibration.scale * s["error_std"]} for s in fresh]
+    diagram = uncertainty.reliability(scaled, everywhere)
+    np.testing.assert_allclose(diagram["observed"], diagram["nominal"], atol=0.03)
+    # The baseline's error is independent of the reconstruction's here: E D = MSE_b + MSE, so r·(D + P) ≈ MSE_b
+    # needs r ≈ MSE_b / (MSE_b + 2 MSE).
+    mse = np.mean([np.mean((s["recon"] - s["truth"]) ** 2) for s in slices])
+    mse_b = np.mean([np.mean((s["baseline"] - s["truth"]) ** 2) for s in slices])
+    assert calibration.baseline_ratio == pytest.approx(mse_b / (mse_b + 2 * mse), rel=0.1)
+    with pytest.raises(ValueError, match="no validation slice has an error map"):
+        uncertainty.fit([], everywhere)
+
+
+def test_slice_columns_predict_psnr_and_warn():
+    rng = np.random.default_rng(6)
+    truth = np.pad(rng.uniform(0.5, 1.0, (20, 20)), 6)
+    std = np.full(truth.shape, 0.02)
+    maps = {"sigma": np.array([0.1]), "misfit": np.array([3.0]), "var_noise": np.full((1,) + truth.shape, 0.0003),
+            "baseline": (truth + 0.01)[None]}
+    opts = uncertainty.Options(noise_replicas=2, warn_misfit=2.0, warn_spread=0.0, warn_baseline="sense",
+                               calibration="")
+    recon = truth + 0.03
+    region = lambda image: image > 0.1  # noqa: E731
+    row, error_std = uncertainty.slice_columns(recon, truth, region, std, maps, 0, 4, opts,
+                                               uncertainty.Calibration(2.0, 0.5, 0.5))
+    variance = 1.25 * 0.02 ** 2 + 0.0003  # (1 + 1/K) s² + var_noise
+    np.testing.assert_allclose(error_std, 2.0 * np.sqrt(variance))
+    assert row["pred_psnr"] == pytest.approx(10 * np.log10(recon.max() ** 2 / (0.5 * 4.0 * variance)))
+    assert row["spread_ratio"] == pytest.approx(0.02 / np.sqrt(0.0003))
+    assert row["coverage_50"] == 1.0 and np.isnan(row["error_rank_corr"])  # |e| = 0.03 < 0.674 · 2 · 0.0255
+    assert row["baseline_psnr"] == pytest.approx(metrics.psnr(truth, truth + 0.01))
+    predicted = 0.5 * 4.0 * variance
+    assert row["pred_margin"] == pytest.approx(10 * np.log10(0.5 * (0.02 ** 2 + predicted) / predicted))
+    assert row["pred_margin"] < 0 and row["warn"] == 1  # misfit 3 > 2, and the baseline is predicted better
+    assert len(uncertainty.warnings(row, opts, calibrated=True)) == 2
+    quiet = uncertainty.Options(noise_replicas=2, warn_misfit=0.0, warn_spread=0.0, warn_baseline="",
+                                calibration="")
+    row, _ = uncertainty.slice_columns(recon, truth, region, None, {"sigma": maps["sigma"], "misfit": maps["misfit"]},
+                                       0, 1, quiet, None)
+    assert row == {"sigma": 0.1, "misfit": 3.0, "warn": 0}
+
+
+def test_default_options_leave_the_identity_unchanged():
+    from configs.default_fastMRI_configs import get_default_configs
+
+    config = get_default_configs()
+    opts = uncertainty.options(config)
+    assert uncertainty.identity_fields(opts, None) is None
+    config.sampling.noise_replicas = 3
+    assert uncertainty.identity_fields(uncertainty.options(config), None)["noise_replicas"] == 3
+    config.sampling.warn_baseline = "vp"
+    with pytest.raises(ValueError, match="sampling.warn_baseline='vp' is not allowed: one of the classical"):
+        uncertainty.options(config)
+
+
+@pytest.fixture
+def harness(make_fastmri, tmp_path):
+    from configs.tiny import get_config
+
+    test = make_fastmri("knee_test", files=1, slices=2, coils=4, shape=(32, 32), seed=1)
+    val = make_fastmri("knee_val", files=1, slices=2, coils=4, shape=(32, 32), seed=2)
+    config = get_config()
+    config.data.test_roots.knee, config.data.eval_root = test.root, val.root
+    config.sampling.datashift, config.sampling.method, config.sampling.cg_iters = "knee", "sense", 5
+    config.sampling.noise_replicas, config.sampling.warn_baseline = 2, "zero_filled"
+    config.training.skip_slices = 0
+    return config, str(tmp_path)
+
+
+def test_calibrate_then_reconstruct_with_the_calibration(harness, tmp_path):
+    import json
+    import os
+
+    import scipy.io
+
+    from runners.calibrate import calibrate
+    from runners.reconstruct import reconstruct
+
+    config, workdir = harness
+    report = calibrate(config, workdir, 2)
+    folder = os.path.dirname(report["path"])
+    assert folder.startswith(os.path.join(workdir, "calibrate")) and report["slices"] == 2
+    assert dict(zip(report["after"]["nominal"], report["after"]["observed"]))[0.95] >= 0.95  # conformal, in sample
+    assert os.path.getsize(os.path.join(folder, "reliability.png")) > 1000
+    config.sampling.calibration = report["path"]
+    config.sampling.output_dir = str(tmp_path / "test")
+    summary = reconstruct(config, workdir)
+    assert summary["calibrated"] and summary["reliability"]["nominal"][0] == 0.1
+    for key in ("coverage_50", "coverage_68", "coverage_90", "coverage_95", "error_rank_corr", "pred_psnr",
+                "pred_margin", "baseline_psnr", "misfit", "sigma", "n_warned", "warning"):
+        assert key in summary
+    mat = scipy.io.loadmat(tmp_path / "test" / "recon_file1000_0.mat")
+    assert {"error_std", "noise_std", "baseline"} <= set(mat)
+    setting = json.load(open(tmp_path / "test" / "setting.json"))
+    assert setting["fields"]["uncertainty"]["calibration"]["scale"] == report["calibration"].scale
+    config.sampling.acc, config.sampling.output_dir = 2, str(tmp_path / "other")
+    with pytest.raises(ValueError, match=r"was fitted for another setting \(differs in mask"):
+        reconstruct(config, workdir)

@@ -30,14 +30,15 @@ def _title(name: str, metrics: dict | None) -> str:
 def save_panel(path: str, zero_filled: np.ndarray, recon: np.ndarray, truth: np.ndarray,
                zf_metrics: dict, recon_metrics: dict, title: str, std: np.ndarray | None = None) -> None:
     """Zero-filled | reconstruction | ground truth | |error| of one slice as a PNG. The images (magnitudes `[H, W]`) are shown as given, on the ground truth's grey scale; the error
-    panel `|recon − truth|` is shown 5× brighter, with a colour bar in the images' units; a posterior `std` map
-    follows on the error panel's scale. `title` names the reconstruction (e.g. `HFS-SDE PC, 100 steps`); the
-    metrics dicts give the PSNR and SSIM in the titles."""
+    panel `|recon − truth|` is shown 5× brighter, with a colour bar in the images' units; a `std` map follows on the
+    error panel's scale. `title` names the reconstruction (e.g. `HFS-SDE PC, 100 steps`); the
+    metrics dicts give the PSNR and SSIM in the titles; `std` is the predicted error std (runners/uncertainty.py) or
+    the posterior samples' std."""
     vmax = float(truth.max()) or 1.0
     panels = [(zero_filled, _title("zero-filled", zf_metrics), vmax), (recon, _title(title, recon_metrics), vmax),
               (truth, "ground truth", vmax), (np.abs(recon - truth), "|error| (5× brighter)", vmax / 5)]
     if std is not None:
-        panels.append((std, "posterior std (5× brighter)", vmax / 5))
+        panels.append((std, "predicted error std (5× brighter)", vmax / 5))
     fig, axes = plt.subplots(1, len(panels), figsize=(3.35 * len(panels) + 0.1, 3.9),
                              gridspec_kw={"width_ratios": [1] * (len(panels) - 1) + [1.08]})
     for ax, (image, name, top) in zip(axes, panels):
@@ -90,5 +91,24 @@ def save_curves(path: str, curves: dict[str, list[tuple[float, float]]], xlabel:
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def save_reliability(path: str, curves: dict[str, tuple[list[float], list[float]]], heading: str = "") -> None:
+    """Reliability diagram: observed against nominal coverage of an error map's intervals, one line per named
+    `(nominal, observed)` curve, with the diagonal a calibrated map follows."""
+    fig, ax = plt.subplots(figsize=(4.4, 4.2))
+    ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--", label="calibrated")
+    for name, (nominal, observed) in curves.items():
+        ax.plot(nominal, observed, "o-", ms=3, label=name)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("nominal coverage of ±z·error std")
+    ax.set_ylabel("observed coverage (object pixels)")
+    if heading:
+        ax.set_title(heading, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     _save(fig, path)

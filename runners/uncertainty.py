@@ -1,0 +1,337 @@
+"""Error maps of a reconstruction, their calibration on validation slices, the predicted PSNR and the warnings.
+`main.py --mode sample` writes them (runners/reconstruct.py); `main.py --mode calibrate` fits the calibration
+(runners/calibrate.py).
+
+Error map. A reconstruction `x̄` (the mean of K posterior samples, or one image) misses the truth by two parts that
+the map adds as independent variances, per pixel of the magnitude image:
+
+    var = (1 + 1/K)·s² + var_noise,     error_std = k·√var
+
+- `s²` the variance of the K samples' magnitudes (unbiased; none for K = 1): the prior's uncertainty given the
+  data. The truth is one more draw from the posterior the samples come from, and the mean of K draws adds s²/K.
+- `var_noise` the measurement noise that the data consistency carries into the image, identical in every sample,
+  so the spread cannot see it: `sampling.noise_replicas` pseudo-replicas (utils/noise.replica_variance) of complex
+  white noise at the level σ̂ the data reveal (utils/noise.noise_sigma), through the method's last
+  data-consistency operations with the network's estimate held fixed (sampling.data_response; for a linear
+  baseline, zero-filled or CG-SENSE, the method itself). No network evaluations.
+- `k` the calibration scale (1 until calibrated).
+
+Calibration (`fit`, on the validation slices reconstructed by `--mode calibrate`), over the object's pixels
+(`object_support` of the truth) for `k` and over whole images for the MSE:
+
+    k = q / z₀.₉₅,   q = conformal_quantile(|e_i| / √var_i, 0.95)   (e = |x̄| − |truth|, z₀.₉₅ = 1.96)
+    c = exp(mean over slices of log(MSE / mean(error_std²)))
+
+so that ±1.96·error_std holds 95 % of the validation pixels (±z(p)·error_std nominally p, `COVERAGE_LEVELS` and
+the reliability diagram show how far that holds at other levels), and
+
+    predicted MSE = c·mean(error_std²),   predicted PSNR = 10 log10(max|x̄|² / predicted MSE)
+
+with the reconstruction's peak in place of the truth's. With a classical baseline `x_b` (`sampling.warn_baseline`,
+run on the same data with the config's settings), its MSE is predicted without ground truth from the distance
+`D = mean((|x_b| − |x̄|)²)`: for a posterior mean, `E‖x_b − x‖² = ‖x_b − x̄‖² + E‖x̄ − x‖²`, so
+
+    baseline MSE ≈ r·(D + P),   r = exp(mean over slices of log(MSE_b / (D + P)))   (P the predicted MSE)
+
+(r < 1 absorbs the part of their errors that the two methods share) and `pred_margin = 10 log10(r(D + P) / P)` is
+the predicted PSNR gain over the baseline. `calibration.json` keeps k, c, r and the identity fields that shape the
+map (runners/identity.py without the data files, slices, test set and seed): applied to another setting, it is
+refused, naming the fields that differ.
+
+Per-slice columns of `metrics.csv` (`FIELDS`, each where it applies): `sigma` (σ̂), `misfit` (`‖A x̄ − y‖ /
+(σ̂ √m)`, the data misfit in units of the noise, m measured samples: about 1 or below when the reconstruction
+explains its data down to the noise), `pred_psnr`, `spread_ratio` (rms of s over rms of √var_noise on the
+reconstruction's support), `pred_margin`, `baseline_psnr` (ground truth), `coverage_50/68/90/95` and
+`error_rank_corr` (the map against |e| on the object, ground truth), and `warn`: 1 when the reconstruction is
+predicted to be no better than it should be —
+
+    misfit > warn_misfit        the prior cannot explain the measurements down to the noise level;
+    spread_ratio < warn_spread  the samples agree far more closely than the noise in the data allows;
+    pred_margin < 0             predicted no better than the baseline (needs a calibration).
+
+A threshold of 0 (or an empty `warn_baseline`) switches its test off. The run is warned (`warning` in
+summary.json) when at least half of its slices are.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import scipy.io
+import torch
+
+import sampling
+from runners import build
+from runners.identity import Identity, differences, flat, jsonable
+from utils import metrics
+from utils.atomic import write_json
+from utils.common import check_setting, derived_seed, finite_at_least
+from utils.mri import sense_forward
+from utils.noise import noise_sigma, replica_variance
+
+CALIBRATION_LEVEL = 0.95
+RELIABILITY_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.68, 0.7, 0.8, 0.9, 0.95, 0.99)
+FIELDS = ("sigma", "misfit", "pred_psnr", "spread_ratio", "pred_margin", "baseline_psnr",
+          *(f"coverage_{round(100 * p)}" for p in metrics.COVERAGE_LEVELS), "error_rank_corr", "warn")
+NOISE_STREAM = 17  # noise seeds of the pseudo-replicas: derived from the slice's seed and this number
+LINEAR_BASELINES = ("zero_filled", "sense")  # baselines linear in the data: their noise response is themselves
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The fitted numbers (module docstring): the map's scale `k`, the MSE scale `c` and the baseline's ratio `r`."""
+
+    scale: float = 1.0
+    mse_scale: float = 1.0
+    baseline_ratio: float = 1.0
+
+
+@dataclass(frozen=True)
+class Options:
+    """The `sampling.*` keys of the error map and the warnings; `calibration` the path of a calibration file."""
+
+    noise_replicas: int
+    warn_misfit: float
+    warn_spread: float
+    warn_baseline: str
+    calibration: str
+
+    def __post_init__(self):
+        check_setting("sampling.noise_replicas", self.noise_replicas,
+                      isinstance(self.noise_replicas, int) and self.noise_replicas >= 0, "a whole number ≥ 0")
+        for key in ("warn_misfit", "warn_spread"):
+            value = getattr(self, key)
+            check_setting(f"sampling.{key}", value, finite_at_least(value, 0), "a finite number ≥ 0 (0: off)")
+        if self.warn_baseline:
+            names = [n for n in build.METHODS.names() if not build.is_diffusion(n)]
+            check_setting("sampling.warn_baseline", self.warn_baseline, self.warn_baseline in names,
+                          f"one of the classical baselines {names}, or '' (off)")
+
+
+def options(config) -> Options:
+    s = config.sampling
+    return Options(int(s.noise_replicas), float(s.warn_misfit), float(s.warn_spread), str(s.warn_baseline),
+                   str(s.calibration))
+
+
+DEFAULTS = {"noise_replicas": 0, "warn_misfit": 2.0, "warn_spread": 0.0, "warn_baseline": ""}
+
+
+def identity_fields(opts: Options, baseline_settings) -> dict | None:
+    """The identity fields of the error-map options (None when every option has its default, so results made before
+    the options existed keep their identity); the calibration's numbers are added by `with_calibration`."""
+    values = {k: v for k, v in asdict(opts).items() if k != "calibration"}
+    if values == DEFAULTS:
+        return None
+    if opts.warn_baseline:
+        values["baseline_settings"] = jsonable(baseline_settings)
+    return values
+
+
+# Identity fields that do not shape a calibration: where the slices come from, which slices, and the noise seed.
+_UNSHAPING = ("slices", "datashift", "seed", "save_samples", "data.files", "uncertainty.warn_misfit",
+              "uncertainty.warn_spread", "uncertainty.calibration")
+
+
+def calibration_key(fields: dict) -> dict:
+    """The identity `fields` that shape an error map's calibration (module docstring), flattened."""
+    return {k: v for k, v in flat(fields).items() if not any(k == u or k.startswith(u + ".") for u in _UNSHAPING)}
+
+
+def load_calibration(path: str, identity: Identity) -> Calibration | None:
+    """The calibration in file `path` (`sampling.calibration`; None when empty), checked against the result's
+    `identity`."""
+    if not path:
+        return None
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+        calibration = Calibration(**saved["calibration"])
+        key = saved["key"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"sampling.calibration={path}: not a readable calibration.json of `main.py --mode "
+                         f"calibrate` ({err})") from err
+    changed = differences(key, calibration_key(identity.fields))
+    if changed:
+        raise ValueError(f"sampling.calibration={path} was fitted for another setting (differs in "
+                         f"{', '.join(changed[:6])}{' …' if len(changed) > 6 else ''}); fit one for this setting "
+                         f"with `python main.py --mode calibrate` and the same config and overrides")
+    return calibration
+
+
+def with_calibration(identity: Identity, calibration: Calibration | None) -> Identity:
+    """`identity` with the calibration's numbers among its fields (they shape the map and the warnings)."""
+    if calibration is None:
+        return identity
+    fields = dict(identity.fields)
+    fields["uncertainty"] = {**fields.get("uncertainty", {}), "calibration": asdict(calibration)}
+    return Identity(identity.prefix, fields)
+
+
+def write_calibration(path: str, calibration: Calibration, identity: dict, report: dict) -> None:
+    """`calibration.json`: the fitted numbers, the calibration key of the validation run's `identity` (the
+    `{"identity", "fields"}` of its setting.json) and the `report`."""
+    write_json(path, {"calibration": asdict(calibration), "key": calibration_key(identity["fields"]),
+                      "fitted_on": identity["identity"], **report})
+
+
+# --- per batch (torch) ---------------------------------------------------------------------------------------------
+
+def batch_maps(reconstructor, samples: torch.Tensor, y: torch.Tensor, csm: torch.Tensor, mask: torch.Tensor,
+               seeds) -> dict:
+    """The ground-truth-free quantities of a batch: `sigma` σ̂ and `misfit` `[B]`; `var_noise` `[B, H, W]` (with
+    `noise_replicas` and a method that has a noise response), `baseline` complex `[B, H, W]` (with
+    `warn_baseline`); numpy arrays. `samples` complex `[B, K, H, W]`, `y` and `csm` `[B, C, H, W]`."""
+    opts = reconstructor.uncertainty
+    sigma = noise_sigma(y, csm, mask)
+    measured = float(torch.broadcast_to(mask, y.shape)[0].gt(0).sum())
+    misfit = torch.linalg.vector_norm(sense_forward(samples.mean(dim=1, keepdim=True), csm, mask) - y * mask,
+                                      dim=(1, 2, 3))
+    out = {"sigma": sigma.cpu().numpy(),
+           "misfit": torch.where(sigma > 0, misfit / (sigma.clamp_min(1e-30) * measured ** 0.5), torch.nan)
+           .cpu().numpy()}
+    response = reconstructor.noise_response(csm, mask, sigma)
+    if opts.noise_replicas and response is not None:
+        normal = sampling.SampleNoise([derived_seed(int(s) % 2**63, NOISE_STREAM) for s in seeds], y.device)
+        out["var_noise"] = replica_variance(response, y.shape, sigma, mask, opts.noise_replicas,
+                                            normal)[:, 0].cpu().numpy()
+    if reconstructor.baseline is not None:
+        entry, settings = reconstructor.baseline
+        out["baseline"] = entry.item(y, csm, mask, settings)[:, 0].cpu().numpy()
+    return out
+
+
+# --- per slice (numpy) ---------------------------------------------------------------------------------------------
+
+def error_variance(std: np.ndarray | None, var_noise: np.ndarray | None, num_samples: int) -> np.ndarray | None:
+    """`(1 + 1/K)·s² + var_noise` (module docstring) from the samples' std `s` and the noise variance, each
+    `[H, W]` or None; None when both are."""
+    parts = [(1 + 1 / num_samples) * std ** 2 if std is not None else None, var_noise]
+    parts = [p.astype(np.float64) for p in parts if p is not None]
+    return sum(parts) if parts else None
+
+
+def _mse(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+
+
+def slice_columns(recon: np.ndarray, truth: np.ndarray, region_fn, std: np.ndarray | None, maps: dict, j: int,
+                  num_samples: int, opts: Options, calibration: Calibration | None) -> tuple[dict, np.ndarray | None]:
+    """The columns of slice `j` of a batch's `batch_maps` (module docstring) and its error map `error_std`
+    `[H, W]` (None without one). `recon` and `truth` are magnitudes `[H, W]`, `region_fn` gives an image's object
+    support (the truth's for the columns that need it, the reconstruction's for the others), `std` the samples'
+    std."""
+    cal = calibration or Calibration()
+    row = {"sigma": float(maps["sigma"][j]), "misfit": float(maps["misfit"][j])}
+    var_noise = maps["var_noise"][j] if "var_noise" in maps else None
+    var = error_variance(std, var_noise, num_samples)
+    error_std = None if var is None else cal.scale * np.sqrt(var)
+    if error_std is not None:
+        predicted = cal.mse_scale * error_std ** 2
+        row["pred_psnr"] = metrics.predicted_psnr(float(recon.max()), predicted)
+        row.update(metrics.error_calibration(truth, recon, error_std, region_fn(truth)))
+        if std is not None and var_noise is not None:
+            support = region_fn(recon)
+            noise = float(np.mean(var_noise[support])) if support.any() else 0.0
+            row["spread_ratio"] = math.sqrt(float(np.mean(std[support] ** 2)) / noise) if noise > 0 else math.nan
+        if "baseline" in maps:
+            baseline = np.abs(maps["baseline"][j])
+            mse = float(np.mean(predicted))
+            row["pred_margin"] = 10 * math.log10(cal.baseline_ratio * (_mse(baseline, recon) + mse) / mse) \
+                if mse > 0 else math.nan
+    if "baseline" in maps:
+        row["baseline_psnr"] = metrics.psnr(truth, np.abs(maps["baseline"][j]))
+    row["warn"] = int(bool(warnings(row, opts, calibration is not None)))
+    return row, error_std
+
+
+def warnings(row: dict, opts: Options, calibrated: bool) -> list[str]:
+    """The reasons (module docstring) for which a slice's row is warned; empty when none holds."""
+    reasons = []
+    if opts.warn_misfit and row["misfit"] > opts.warn_misfit:
+        reasons.append(f"its data misfit is {row['misfit']:.2f}× the noise level (> sampling.warn_misfit="
+                       f"{opts.warn_misfit:g}): the prior does not explain the measurements")
+    if opts.warn_spread and row.get("spread_ratio", math.inf) < opts.warn_spread:
+        reasons.append(f"its samples spread {row['spread_ratio']:.2f}× the propagated noise (< sampling.warn_spread="
+                       f"{opts.warn_spread:g}): the prior is more certain than the data allow")
+    if calibrated and row.get("pred_margin", math.inf) < 0:
+        reasons.append(f"it is predicted {-row['pred_margin']:.2f} dB worse than {opts.warn_baseline}")
+    return reasons
+
+
+# --- per run -------------------------------------------------------------------------------------------------------
+
+def summarize(rows: list[dict], calibration: Calibration | None, reliability: dict | None) -> dict:
+    """The summary entries: the mean of every column of `FIELDS` that all rows have (NaN-aware), `n_warned`,
+    `warning` (at least half the slices warned), `calibrated`, and the pooled `reliability` diagram."""
+    summary = {key: float(np.nanmean([r[key] for r in rows])) for key in FIELDS if key != "warn" and rows
+               and all(key in r for r in rows) and not all(math.isnan(r[key]) for r in rows)}
+    if rows and all("warn" in r for r in rows):
+        summary["n_warned"] = int(sum(r["warn"] for r in rows))
+        summary["warning"] = int(2 * summary["n_warned"] >= len(rows))
+    summary["calibrated"] = calibration is not None
+    if reliability is not None:
+        summary["reliability"] = reliability
+    return summary
+
+
+def read_maps(out: str, rows: list[dict], mat_path) -> list[dict]:
+    """`recon`, `truth` (magnitudes), `error_std` and `baseline` (magnitude, when saved) of the finished `rows` of
+    folder `out`, from their `.mat` files (`mat_path(out, fname, slice)`); rows whose file has no error map are
+    left out."""
+    slices = []
+    for r in rows:
+        mat = scipy.io.loadmat(mat_path(out, r["fname"], r["slice"]))
+        if "error_std" not in mat:
+            continue
+        item = {"recon": np.abs(mat["recon"]), "truth": np.abs(mat["ground_truth"]), "error_std": mat["error_std"]}
+        if "baseline" in mat:
+            item["baseline"] = np.abs(mat["baseline"])
+        slices.append(item)
+    return slices
+
+
+def reliability(slices: list[dict], region_fn, levels=RELIABILITY_LEVELS) -> dict | None:
+    """Nominal against observed coverage of `±z(p)·error_std`, pooled over the object pixels (`region_fn(truth)`)
+    of `slices` (`read_maps`); None without slices."""
+    if not slices:
+        return None
+    error = np.concatenate([np.abs(s["recon"] - s["truth"])[region_fn(s["truth"])] for s in slices])
+    spread = np.concatenate([s["error_std"][region_fn(s["truth"])] for s in slices])
+    return {"nominal": list(levels), "observed": metrics.coverage(error, spread, levels)}
+
+
+def fit(slices: list[dict], region_fn) -> Calibration:
+    """The calibration (module docstring) of uncalibrated error maps on validation `slices` (`read_maps`)."""
+    if not slices:
+        raise ValueError("no validation slice has an error map: give sampling.num_samples ≥ 2 or "
+                         "sampling.noise_replicas ≥ 1 (with a method that has a noise response)")
+    scores = []
+    for s in slices:
+        inside = region_fn(s["truth"])
+        error, spread = np.abs(s["recon"] - s["truth"])[inside], s["error_std"][inside].astype(np.float64)
+        scores.append(np.where(error > 0, error / np.where(spread > 0, spread, 0.0), 0.0))
+    with np.errstate(divide="ignore"):
+        scale = metrics.conformal_quantile(np.concatenate(scores), CALIBRATION_LEVEL) / metrics.gaussian_z(
+            CALIBRATION_LEVEL)
+    if not math.isfinite(scale) or scale <= 0:
+        raise ValueError(f"the error maps of the {len(slices)} validation slice(s) are zero on too many object "
+                         f"pixels to be calibrated (scale {scale}); raise sampling.num_samples or "
+                         f"sampling.noise_replicas, or calibrate on more slices (--tune_slices)")
+    predicted = [float(np.mean((scale * s["error_std"]) ** 2)) for s in slices]
+    mse = [_mse(s["recon"], s["truth"]) for s in slices]
+    mse_scale = math.exp(float(np.mean(np.log(np.divide(mse, predicted)))))
+    ratio = 1.0
+    if all("baseline" in s for s in slices):
+        expected = [_mse(s["baseline"], s["recon"]) + mse_scale * p for s, p in zip(slices, predicted)]
+        ratio = math.exp(float(np.mean(np.log([_mse(s["baseline"], s["truth"]) / e for s, e in zip(slices, expected)]))))
+    return Calibration(scale=float(scale), mse_scale=mse_scale, baseline_ratio=ratio)
+
+
+def log_warnings(fname: str, index: int, row: dict, opts: Options, calibrated: bool) -> None:
+    for reason in warnings(row, opts, calibrated):
+        logging.warning("%s slice %d is warned: %s", fname, index, reason)
+
