@@ -4,12 +4,13 @@ VP-SDE, the fast HFS-SDE sampler and the classical baselines; print the tables a
     bash test_fastMRI.sh demo            # = python -m runners.demo
     bash test_fastMRI.sh demo --fast     # smoke test: one slice, 10 sampling steps
     bash test_fastMRI.sh demo --slices 0 # every bundled test slice (4 per set) instead of the first one
+    bash test_fastMRI.sh demo --calibrate  # calibrate the error maps on validation slices first
 
 Every method of a set runs on the same slices, masks (uniform, 24 ACS lines) and metrics; the settings come from
 the demo configs (`configs/{hfssde,vp}/{brain,phantom}_demo.py`), which were chosen on validation slices. Outputs go
 to `results/demo/` (`results/demo_fast/` with `--fast`; `--out` to change): one folder per set, acceleration and
-method with the usual reconstruction outputs (runners/reconstruct.py), `table.md`, `summary.json` and
-`comparison_<set>_acc{R}.png`.
+method with the usual reconstruction outputs (runners/reconstruct.py), `table.md` (with the error maps' coverage,
+rank correlation and predicted PSNR), `summary.json`, `comparison_<set>_acc{R}.png` and `reliability_<set>.png`.
 """
 from __future__ import annotations
 
@@ -27,10 +28,11 @@ from configs.hfssde.phantom_demo import get_config as hfs_phantom
 from configs.vp.brain_demo import get_config as vp_brain
 from configs.vp.phantom_demo import get_config as vp_phantom
 from runners.build import is_diffusion
+from runners.calibrate import calibrate
 from runners.outputs import mat_path, read_rows
 from runners.reconstruct import reconstruct
 from utils.atomic import atomic_path, write_json
-from utils.figures import save_comparison
+from utils.figures import save_comparison, save_reliability
 
 # set -> (HFS-SDE config, VP-SDE config, accelerations)
 SETS = {"brain": (hfs_brain, vp_brain, (4, 8, 10)), "phantom": (hfs_phantom, vp_phantom, (4, 8))}
@@ -56,7 +58,9 @@ def demo_config(factory, overrides: dict, acc: int, out: str, fast: bool, slices
     return config
 
 
-def run(name: str, out: str, fast: bool, slices: int) -> list[dict]:
+def run(name: str, out: str, fast: bool, slices: int, calibrated: bool = False) -> list[dict]:
+    """Every method of set `name` at its accelerations; with `calibrated` the diffusion methods' error maps are first
+    calibrated on the set's validation slices (`main.py --mode calibrate`, runners/calibrate.py)."""
     hfs, vp, accelerations = SETS[name]
     rows = []
     for acc in accelerations:
@@ -66,6 +70,9 @@ def run(name: str, out: str, fast: bool, slices: int) -> list[dict]:
                 logging.warning("%s skipped: no demo weights at %s (train them with the commands in demo/README.md)",
                                 label, config.sampling.checkpoint)
                 continue
+            if calibrated and is_diffusion(config.sampling.method) and (
+                    config.sampling.num_samples > 1 or config.sampling.noise_replicas > 0):
+                config.sampling.calibration = calibrate(config, out)["path"]
             summary = reconstruct(config, out)
             rows.append({**summary, "set": name, "method": label, "acc": acc, "folder": config.sampling.output_dir})
     return rows
@@ -76,12 +83,22 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         lines.append(f"| {r['acc']}× | {r['method']} | {r['nmse']:.4f} | {r['psnr']:.2f} | {r['ssim']:.4f} | "
                      f"{r['seconds_per_slice']:.2f} | {r['nfe']} |")
+    mapped = [r for r in rows if "coverage_95" in r]
+    if mapped:
+        lines += ["", "Error maps (runners/uncertainty.py; coverage of ±z·error std on the object's pixels):", "",
+                  "| acc | method | calibrated | cover 50 / 68 / 90 / 95 % | rank corr. | predicted PSNR | PSNR | warned |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in mapped:
+            cover = " / ".join(f"{r[f'coverage_{p}']:.2f}" for p in (50, 68, 90, 95))
+            lines.append(f"| {r['acc']}× | {r['method']} | {'yes' if r['calibrated'] else 'no'} | {cover} | "
+                         f"{r['error_rank_corr']:.2f} | {r['pred_psnr']:.2f} | {r['psnr']:.2f} | {r['n_warned']} |")
     return "\n".join(lines)
 
 
 def figures(rows: list[dict], out: str, name: str) -> None:
-    """`comparison_<set>_acc{R}.png`: the first test slice, every method side by side (and HFS-SDE's posterior std
-    map, 5× brighter) with the ground truth, each titled with that slice's own PSNR and SSIM."""
+    """`comparison_<set>_acc{R}.png`: the first test slice, every method side by side (and HFS-SDE's predicted error
+    std, 5× brighter) with the ground truth, each titled with that slice's own PSNR and SSIM; `reliability_<set>.png`:
+    HFS-SDE's reliability diagram at each acceleration (runners/uncertainty.py)."""
     for acc in sorted({r["acc"] for r in rows}):
         panels, truth = [], None
         for r in (r for r in rows if r["acc"] == acc):
@@ -90,11 +107,17 @@ def figures(rows: list[dict], out: str, name: str) -> None:
             truth = np.abs(mat["ground_truth"])
             samples = f" (mean of {r['num_samples']} samples)" if r["num_samples"] > 1 else ""
             panels.append((r["method"] + samples, np.abs(mat["recon"]), first))
-            if r["method"] == "HFS-SDE" and "std" in mat:
-                panels.append((f"HFS-SDE std of {r['num_samples']} samples ×5", 5 * mat["std"], None))
+            if r["method"] == "HFS-SDE" and "error_std" in mat:
+                state = "calibrated" if r["calibrated"] else "uncalibrated"
+                panels.append((f"HFS-SDE predicted error std ({state}) ×5", 5 * mat["error_std"], None))
         heading = (f"{name.capitalize()} demo, test slice {first['fname']} #{first['slice']}, {acc}× (uniform mask, "
                    f"24 ACS lines): PSNR and SSIM of this slice")
         save_comparison(os.path.join(out, f"comparison_{name}_acc{acc}.png"), panels, truth, heading)
+    curves = {f"{r['acc']}×{'' if r['calibrated'] else ' (uncalibrated)'}": tuple(r["reliability"].values())
+              for r in rows if r["method"] == "HFS-SDE" and "reliability" in r}
+    if curves:
+        save_reliability(os.path.join(out, f"reliability_{name}.png"), curves,
+                         f"{name.capitalize()} demo, HFS-SDE error maps, test slices")
 
 
 def main(argv=None) -> int:
@@ -102,6 +125,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", help="output folder (default results/demo, or results/demo_fast with --fast)")
     parser.add_argument("--fast", action="store_true", help="one slice and 10 sampling steps (smoke test)")
     parser.add_argument("--sets", nargs="+", choices=sorted(SETS), default=list(SETS), help="which test sets")
+    parser.add_argument("--calibrate", action="store_true",
+                        help="calibrate the diffusion methods' error maps on 2 validation slices first (slower)")
     parser.add_argument("--slices", type=int, default=1,
                         help="test slices per set (default 1, which keeps the demo near 5 minutes on a 2-core CPU; "
                              "0: all four of each set, about 20 minutes)")
@@ -112,7 +137,7 @@ def main(argv=None) -> int:
 
     rows, texts = [], []
     for name in args.sets:
-        set_rows = run(name, os.path.join(args.out, name), args.fast, args.slices)
+        set_rows = run(name, os.path.join(args.out, name), args.fast, args.slices, args.calibrate)
         figures(set_rows, args.out, name)
         texts.append(f"{name.capitalize()} demo ({'fast smoke test' if args.fast else 'full'}), uniform masks with "
                      f"24 ACS lines, {set_rows[0]['n_slices']} slice(s) per setting:\n{table(set_rows)}")
