@@ -76,10 +76,12 @@ def get_default_configs() -> ml_collections.ConfigDict:
     sampling.num_samples = 1  # posterior samples per slice: the mean is scored, their std is the uncertainty map
     sampling.save_samples = False  # also store every sample in the .mat files
     # Error map and warnings (runners/uncertainty.py): pseudo-replicas of the measurement noise through the method's
-    # last data consistency (0: the map is the samples' spread alone), a calibration.json of `--mode calibrate`, and
-    # the warning thresholds (0 or '': off): data misfit in noise units, sample spread over propagated noise, and the
-    # classical baseline whose predicted error the reconstruction must beat.
+    # last data consistency (0: the map is the samples' spread alone), the Gaussian window (pixels) that pools the
+    # map's variances, a calibration.json of `--mode calibrate`, and the warning thresholds (0 or '': off): data
+    # misfit in noise units, sample spread over propagated noise, and the classical baseline whose predicted error
+    # the reconstruction must beat.
     sampling.noise_replicas = 0
+    sampling.error_smoothing = 2.0
     sampling.calibration = ""
     sampling.warn_misfit = 2.0
     sampling.warn_spread = 0.0

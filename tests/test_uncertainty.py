@@ -196,8 +196,8 @@ def test_slice_columns_predict_psnr_and_warn():
     std = np.full(truth.shape, 0.02)
     maps = {"sigma": np.array([0.1]), "misfit": np.array([3.0]), "var_noise": np.full((1,) + truth.shape, 0.0003),
             "baseline": (truth + 0.01)[None]}
-    opts = uncertainty.Options(noise_replicas=2, warn_misfit=2.0, warn_spread=0.0, warn_baseline="sense",
-                               calibration="")
+    opts = uncertainty.Options(noise_replicas=2, error_smoothing=1.0, warn_misfit=2.0, warn_spread=0.0,
+                               warn_baseline="sense", calibration="")
     recon = truth + 0.03
     region = lambda image: image > 0.1  # noqa: E731
     row, error_std = uncertainty.slice_columns(recon, truth, region, std, maps, 0, 4, opts,
@@ -212,11 +212,21 @@ def test_slice_columns_predict_psnr_and_warn():
     assert row["pred_margin"] == pytest.approx(10 * np.log10(0.5 * (0.02 ** 2 + predicted) / predicted))
     assert row["pred_margin"] < 0 and row["warn"] == 1  # misfit 3 > 2, and the baseline is predicted better
     assert len(uncertainty.warnings(row, opts, calibrated=True)) == 2
-    quiet = uncertainty.Options(noise_replicas=2, warn_misfit=0.0, warn_spread=0.0, warn_baseline="",
-                                calibration="")
+    quiet = uncertainty.Options(noise_replicas=2, error_smoothing=0.0, warn_misfit=0.0, warn_spread=0.0,
+                                warn_baseline="", calibration="")
     row, _ = uncertainty.slice_columns(recon, truth, region, None, {"sigma": maps["sigma"], "misfit": maps["misfit"]},
                                        0, 1, quiet, None)
     assert row == {"sigma": 0.1, "misfit": 3.0, "warn": 0}
+
+
+def test_error_variance_adds_both_parts_and_pools_neighbours():
+    std, noise = np.zeros((9, 9)), np.zeros((9, 9))
+    std[4, 4], noise[0, 0] = 2.0, 1.0
+    exact = uncertainty.error_variance(std, noise, 4, 0.0)
+    assert exact[4, 4] == 1.25 * 4.0 and exact[0, 0] == 1.0 and exact.sum() == 6.0
+    pooled = uncertainty.error_variance(std, noise, 4, 1.0)
+    assert pooled.sum() == pytest.approx(6.0) and pooled[4, 4] < 5.0 and pooled[4, 5] > 0
+    assert uncertainty.error_variance(None, None, 1, 1.0) is None
 
 
 def test_default_options_leave_the_identity_unchanged():
