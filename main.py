@@ -133,8 +133,9 @@ def main(argv):
             from runners.calibrate import calibrate
             report = calibrate(config, FLAGS.workdir, FLAGS.tune_slices)
             command = sample_command(f"--config.sampling.calibration={report['path']}")
-            print(f"calibrated on {report['slices']} validation slices: {report['calibration']}\nreconstruct with "
-                  f"it:\n  {command}")
+            cal = report["calibration"]
+            print(f"calibrated on {report['slices']} validation slices: scale {cal.scale:.4g}, MSE scale "
+                  f"{cal.mse_scale:.4g}, baseline ratio {cal.baseline_ratio:.4g}\nreconstruct with it:\n  {command}")
         else:
             from runners.reconstruct import reconstruct
             reconstruct(config, FLAGS.workdir)
