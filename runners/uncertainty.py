@@ -118,11 +118,13 @@ class Options:
 
 
 def options(config) -> Options:
+    """The `Options` of `config.sampling`, validated."""
     s = config.sampling
     return Options(int(s.noise_replicas), float(s.error_smoothing), float(s.warn_misfit), float(s.warn_spread),
                    str(s.warn_baseline), str(s.calibration))
 
 
+# The config's defaults (configs/default_fastMRI_configs.py) of the options that shape a result.
 DEFAULTS = {"noise_replicas": 0, "error_smoothing": 2.0, "warn_misfit": 2.0, "warn_spread": 0.0, "warn_baseline": ""}
 
 
