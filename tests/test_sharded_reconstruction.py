@@ -78,7 +78,7 @@ def test_two_processes_fill_one_folder_equal_to_a_single_run_and_resume(setup, t
     # test_automatic_batch_on_the_cpu_matches_batch_one).
     rows = outputs.read_rows(os.path.join(out, "metrics.csv"))
     with open(os.path.join(out, "metrics.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=outputs.FIELDS)
+        writer = csv.DictWriter(f, fieldnames=outputs.FIELDS + list(outputs.OPTIONAL_FIELDS))
         writer.writeheader()
         writer.writerows(rows[:3])
     os.unlink(os.path.join(out, "summary.json"))
@@ -109,11 +109,11 @@ def test_rows_a_killed_rank_left_are_kept_by_the_next_run(setup, caplog):
     rows = outputs.read_rows(os.path.join(out, "metrics.csv"))
     # What a job killed before its end leaves: rank 1's rows in its own file, not yet in metrics.csv.
     with open(os.path.join(out, "metrics.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=outputs.FIELDS)
+        writer = csv.DictWriter(f, fieldnames=outputs.FIELDS + list(outputs.OPTIONAL_FIELDS))
         writer.writeheader()
         writer.writerows(rows[::2])
     with open(os.path.join(out, outputs.RANK_ROWS.format(1)), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=outputs.FIELDS)
+        writer = csv.DictWriter(f, fieldnames=outputs.FIELDS + list(outputs.OPTIONAL_FIELDS))
         writer.writeheader()
         writer.writerows(rows[1::2])
     os.unlink(os.path.join(out, "summary.json"))
