@@ -125,7 +125,7 @@ def options(config) -> Options:
 
 
 # The config's defaults (configs/default_fastMRI_configs.py) of the options that shape a result.
-DEFAULTS = {"noise_replicas": 0, "error_smoothing": 2.0, "warn_misfit": 2.0, "warn_spread": 0.0, "warn_baseline": ""}
+DEFAULTS = {"noise_replicas": 0, "error_smoothing": 2.0, "warn_misfit": 0.0, "warn_spread": 0.0, "warn_baseline": ""}
 
 
 def identity_fields(opts: Options, baseline_settings) -> dict | None:
