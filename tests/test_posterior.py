@@ -32,7 +32,7 @@ def demo_config(num_samples=1, steps=3):
 @pytest.fixture(scope="module")
 def slices():
     config = demo_config()
-    batch = datasets.collate_multicoil([datasets.get_dataset(config, "test").dataset[i] for i in range(2)])
+    batch = datasets.first_slices(datasets.make_dataset(config, "test"), 2)
     mask = build.sample_mask(config)
     return mask * batch["kspace"], batch["maps"], mask
 
