@@ -74,7 +74,7 @@ def get_dataset(config, mode: str) -> SliceLoader:
     - `train`: `data.root` / `data.maps_root`, first `training.skip_slices` slices of each volume left out,
       augmented (`data.augment`); the loader of epoch 0 made by `train_loader`, which makes every epoch's loader.
     - `eval`: `data.eval_root` / `data.eval_maps_root`, slices skipped as for training, in file order,
-      `training.batch_size` (the first batch is training's held-out batch).
+      `training.batch_size` (its first batch holds training's held-out slices, which `first_slices` reads).
     - `test`: `data.test_roots[sampling.datashift]` (`photom` is read as `phantom`) with maps in
       `data.test_maps_roots[...]` (empty: `<root>_maps`), every slice in file order, `sampling.batch_size` (a
       number: the reconstruction harness resolves `0`, automatic, and shards the slices with `ordered_loader`).

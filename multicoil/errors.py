@@ -1,7 +1,7 @@
 """The errors of unusable data: one line naming the path and the fix."""
 from __future__ import annotations
 
-SKIP_HINT = "or set data.skip_broken=True to skip broken slices"
+_SKIP_HINT = "or set data.skip_broken=True to skip broken slices"
 
 
 class DataError(ValueError):
@@ -27,4 +27,4 @@ class SliceError(DataError):
         self.path, self.key, self.slice_idx, self.problem, self.fix = path, key, slice_idx, problem, fix
 
     def __str__(self) -> str:
-        return f"{self.path}: {self.key!r} of slice {self.slice_idx} {self.problem}; {self.fix}, {SKIP_HINT}"
+        return f"{self.path}: {self.key!r} of slice {self.slice_idx} {self.problem}; {self.fix}, {_SKIP_HINT}"
