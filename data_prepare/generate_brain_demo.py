@@ -42,6 +42,7 @@ import numpy as np  # noqa: E402
 
 from data_prepare.fastmri_io import write_kspace_file, write_maps_file  # noqa: E402
 from data_prepare.simulate_multicoil import Acquisition, fit_to_size, load_stack, simulate_volume  # noqa: E402
+from utils.atomic import atomic_path  # noqa: E402
 from utils.augment import add_scalp  # noqa: E402
 
 TEMPLATE = "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
@@ -159,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
                      dict(provenance, z_mm=json.dumps([int(z) for z in zs])))
         print(f"{split_name}/{name}.h5: z = {zs[0]}…{zs[-1]} mm ({len(zs)} slices), {coils} coils")
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "split.json"), "w") as f:
+    with atomic_path(os.path.join(args.out, "split.json")) as tmp, open(tmp, "w") as f:
         json.dump({"source": TEMPLATE, "axis": "z (axial, mm)", "gap_mm": GAP_MM, **positions}, f, indent=1)
     return 0
 

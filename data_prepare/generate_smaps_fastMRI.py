@@ -30,8 +30,9 @@ from tqdm import tqdm  # noqa: E402
 
 from data_prepare.espirit import BACKENDS, bart_binary, espirit_maps  # noqa: E402
 from data_prepare.fastmri_io import write_maps_file  # noqa: E402
-from datasets import crop_kspace, default_maps_root, list_h5_files  # noqa: E402
+from datasets import default_maps_root, list_h5_files  # noqa: E402
 from utils.masks import load_mask  # noqa: E402
+from utils.mri import crop_kspace  # noqa: E402
 
 
 def read_mask(path: str) -> np.ndarray:

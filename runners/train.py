@@ -119,11 +119,8 @@ class _TrainLoop:
         return datasets.train_loader(self.train_set, self.config, epoch, skip)
 
     def _held_out_batch(self) -> dict:
-        """The first `training.batch_size` validation slices (`data.eval_root`) in file order, on the device."""
-        batch = next((b for b in datasets.get_dataset(self.config, "eval") if b is not None), None)
-        if batch is None:
-            raise datasets.DataError(f"every validation slice in data.eval_root={self.config.data.eval_root} is "
-                                     f"broken; replace the files")
+        """The first `training.batch_size` usable validation slices (`data.eval_root`) in file order, on the device."""
+        batch = datasets.first_slices(datasets.make_dataset(self.config, "eval"), self.config.training.batch_size)
         images = images_from_batch(batch, self.ctx.device, self.config.training.channels_last)
         return {"images": images, "kspace": batch["kspace"][:1].to(self.ctx.device),
                 "maps": batch["maps"][:1].to(self.ctx.device)}

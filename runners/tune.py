@@ -163,7 +163,7 @@ def _validation_slices(config, count: int) -> dict:
     """The first `count` validation slices as one batch (k-space, maps, seeds) on the device, their `(file, slice)`
     keys and the volumes of the validation set."""
     dataset = datasets.make_dataset(config, "eval")
-    batch = datasets.collate_multicoil([dataset[i] for i in range(min(count, len(dataset)))])
+    batch = datasets.first_slices(dataset, count)
     keys = [(f, int(s)) for f, s in zip(batch["fname"], batch["slice"])]
     return {"kspace": batch["kspace"].to(config.device), "maps": batch["maps"].to(config.device),
             "seeds": [slice_seed(config.sampling.seed, f, s) for f, s in keys], "keys": keys,

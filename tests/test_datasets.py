@@ -11,6 +11,7 @@ import torch
 
 import datasets
 from configs.default_fastMRI_configs import get_default_configs
+from multicoil import index
 from tests.conftest import np_fft2c, np_ifft2c, write_fastmri_kspace, write_maps
 from utils.mri import sense_adjoint
 
@@ -142,9 +143,9 @@ def test_train_mode_skips_first_slices_test_mode_keeps_all(make_fastmri):
     config = _config(data__root=folder.root, training__skip_slices=6)
     config.data.test_roots.knee = folder.root
     config.sampling.datashift = "knee"
-    train = datasets.get_dataset(config, "train").dataset
+    train = datasets.make_dataset(config, "train")
     assert [s for _, s in train.slices] == [6, 7, 6, 7]
-    test = datasets.get_dataset(config, "test").dataset
+    test = datasets.make_dataset(config, "test")
     assert [s for _, s in test.slices] == list(range(8)) * 2
 
 
@@ -155,8 +156,8 @@ def test_index_is_cached_and_invalidated_when_a_file_changes(make_fastmri, monke
     assert datasets.index_cache_path(folder.root, folder.maps_root).is_file()
 
     reads = []
-    original = datasets._read_shape
-    monkeypatch.setattr(datasets, "_read_shape", lambda path, *a: reads.append(path) or original(path, *a))
+    original = index._read_shape
+    monkeypatch.setattr(index, "_read_shape", lambda path, *a: reads.append(path) or original(path, *a))
     assert len(datasets.MultiCoilSliceDataset(folder.root, folder.maps_root, config)) == 6
     assert reads == []  # every shape came from the cache
 
@@ -215,7 +216,7 @@ def test_get_dataset_modes_and_loader_settings(make_fastmri):
 def test_train_loader_epochs_are_seeded_and_resume_part_way(make_fastmri):
     folder = make_fastmri(files=2, slices=4)
     config = _config(data__root=folder.root)
-    dataset = datasets.get_dataset(config, "train").dataset
+    dataset = datasets.make_dataset(config, "train")
 
     def order(epoch, skip=0):
         return [(f, s) for b in datasets.train_loader(dataset, config, epoch, skip)
@@ -249,10 +250,10 @@ def test_explicit_maps_roots_are_used(make_fastmri, tmp_path):
     moved = str(tmp_path / "elsewhere")
     os.rename(folder.maps_root, moved)
     config = _config(data__root=folder.root, data__maps_root=moved)
-    assert datasets.get_dataset(config, "train").dataset.maps_root == moved
+    assert datasets.make_dataset(config, "train").maps_root == moved
     config.data.test_roots.knee, config.data.test_maps_roots.knee = folder.root, moved
     config.sampling.datashift = "knee"
-    assert len(datasets.get_dataset(config, "test").dataset) == 2
+    assert len(datasets.make_dataset(config, "test")) == 2
 
 
 def test_bundled_phantom_test_set_loads_with_alias():
@@ -356,8 +357,8 @@ def test_skip_broken_from_config(make_fastmri):
     config = _config(data__root=folder.root, data__skip_broken=True)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        loader = datasets.get_dataset(config, "train")
-    assert len(loader.dataset) == 3 and any("file1001.h5" in str(w.message) for w in caught)
+        dataset = datasets.make_dataset(config, "train")
+    assert len(dataset) == 3 and any("file1001.h5" in str(w.message) for w in caught)
 
 
 def test_matrix_smaller_than_image_size(make_fastmri):
@@ -390,7 +391,8 @@ def test_file_damaged_after_indexing_names_file_and_slice(make_fastmri):
     folder = make_fastmri(files=1, slices=2)
     dataset = datasets.MultiCoilSliceDataset(folder.root, folder.maps_root, _config())
     os.remove(os.path.join(folder.root, "file1000.h5"))
-    with pytest.raises(datasets.DataError, match=r"cannot read slice 1 of .*file1000\.h5 \('kspace'\)"):
+    with pytest.raises(datasets.SliceError, match=r"file1000\.h5: 'kspace' of slice 1 cannot be read \(.*\); the "
+                                                  r"file changed or is damaged: replace it, or set data\.skip_broken"):
         dataset[1]
 
 
@@ -406,19 +408,25 @@ def test_non_finite_slice_is_named_or_skipped(make_fastmri, caplog):
         datasets.MultiCoilSliceDataset(folder.root, folder.maps_root, _config())[2]
     dataset = datasets.MultiCoilSliceDataset(folder.root, folder.maps_root, _config(), skip_broken=True)
     assert dataset[2] is None and "skipping a broken slice" in caplog.text
-    batch = datasets.collate_multicoil([dataset[i] for i in range(3)])
-    assert batch["slice"].tolist() == [0, 1] and datasets.collate_multicoil([None]) is None
+    assert datasets.first_slices(dataset, 3)["slice"].tolist() == [0, 1] and datasets.collate_multicoil([None]) is None
+    dataset.slices = dataset.slices[2:]
+    with pytest.raises(datasets.DataError, match=r"every slice in .*train is broken; replace the files"):
+        datasets.first_slices(dataset, 3)
 
 
-def test_error_in_a_loader_worker_keeps_its_one_line_message(make_fastmri):
-    folder = make_fastmri(files=1, slices=2)
-    dataset = datasets.MultiCoilSliceDataset(folder.root, folder.maps_root, _config())
-    os.remove(os.path.join(folder.root, "file1000.h5"))
-    loader = torch.utils.data.DataLoader(dataset, batch_size=2, num_workers=2,
-                                         collate_fn=datasets.collate_multicoil)
-    with pytest.raises(datasets.DataError) as err:
-        next(iter(loader))
-    assert str(err.value).startswith("cannot read slice ") and "\n" not in str(err.value)
+def test_a_worker_that_fails_on_a_damaged_file_raises_its_one_line_error(make_fastmri):
+    folder = make_fastmri(files=2, slices=2)
+    config = _config(training__num_workers=2)
+    dataset = datasets.MultiCoilSliceDataset(folder.root, folder.maps_root, config)
+    path = os.path.join(folder.root, "file1001.h5")
+    with open(path, "r+b") as f:  # damaged after indexing: its slices can no longer be read
+        f.truncate(os.path.getsize(path) // 2)
+    with pytest.raises(datasets.SliceError) as err:
+        list(datasets.ordered_loader(dataset, config, batch_size=1))
+    message = str(err.value)
+    assert (err.value.path, err.value.key, err.value.slice_idx) == (path, "kspace", 0)
+    assert message.startswith(f"{path}: 'kspace' of slice 0 cannot be read (") and "\n" not in message
+    assert message.endswith("replace it, or set data.skip_broken=True to skip broken slices")
 
 
 def test_a_missing_folder_of_a_bundled_set_names_its_command(tmp_path):

@@ -3,15 +3,15 @@ import logging
 import os
 import subprocess
 
-import datasets
 from data_prepare import generate_smaps_phantom
+from multicoil import folders
 from runners import first_use
 
 
 def test_the_phantom_set_is_generated_once_and_an_interrupted_generation_resumes(tmp_path, monkeypatch, caplog):
-    monkeypatch.setattr(datasets, "_REPO", str(tmp_path))
-    monkeypatch.setitem(datasets.BUNDLED_SETS, "data/phantom", (datasets._PHANTOM + " --train 2 --val 1 --coils 2 2",
-                                                                True))
+    monkeypatch.setattr(folders, "_REPO", str(tmp_path))
+    monkeypatch.setitem(folders.BUNDLED_SETS, "data/phantom", (folders._PHANTOM + " --train 2 --val 1 --coils 2 2",
+                                                               True))
     runs = []
 
     def run_generator(args, **_):  # the generator's command, run in this process (a subprocess costs seconds)

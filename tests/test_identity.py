@@ -4,31 +4,12 @@ import dataclasses
 import os
 
 import pytest
-import torch
 
 import datasets
-from configs.tiny import get_config
-from models.ema import ExponentialMovingAverage
 from runners import build
-from runners.build import create_model
 from runners.identity import differences, digest
 from runners.reconstructor import Reconstructor
-from utils.checkpoints import save_checkpoint
-
-
-@pytest.fixture
-def setup(make_fastmri, tmp_path):
-    folder = make_fastmri("knee_test", files=2, slices=2, coils=3, shape=(40, 32))
-    config = get_config()
-    config.data.test_roots.knee = folder.root
-    config.data.mask_root = str(tmp_path / "masks")
-    config.sampling.datashift, config.sampling.N = "knee", 3
-    torch.manual_seed(0)
-    model = create_model(config)
-    path = str(tmp_path / "a.pth")
-    save_checkpoint(path, {"model": model, "ema": ExponentialMovingAverage(model.parameters(), 0.99), "step": 5})
-    config.sampling.checkpoint = path
-    return config, folder
+from tests.conftest import save_tiny_checkpoint
 
 
 def identity(config, slices=None):
@@ -38,8 +19,8 @@ def identity(config, slices=None):
                                                     build.sample_mask(config))
 
 
-def test_identity_matches_for_the_same_result_and_ignores_speed_and_batch(setup, tmp_path):
-    config, _ = setup
+def test_identity_matches_for_the_same_result_and_ignores_speed_and_batch(knee_test, tmp_path):
+    config, _ = knee_test
     first = identity(config)
     config.sampling.batch_size, config.sampling.show_progress, config.training.num_workers = 1, True, 3
     config.sampling.output_dir = str(tmp_path / "elsewhere")
@@ -48,22 +29,21 @@ def test_identity_matches_for_the_same_result_and_ignores_speed_and_batch(setup,
     assert first.name.startswith("knee_uniform_acc4_acs6_pc_hfssde_N3_") and len(first.hash) == 10
 
 
-def test_identity_follows_the_checkpoint_content_not_its_name(setup, tmp_path):
-    config, _ = setup
+def test_identity_follows_the_checkpoint_content_not_its_name(knee_test, tmp_path):
+    config, _ = knee_test
     first = identity(config)
     copy = str(tmp_path / "copy.pth")
     with open(config.sampling.checkpoint, "rb") as src, open(copy, "wb") as dst:
         dst.write(src.read())
     config.sampling.checkpoint = copy
     assert identity(config).name == first.name  # the same weights under another name
-    model = create_model(config)
-    save_checkpoint(copy, {"model": model, "ema": ExponentialMovingAverage(model.parameters(), 0.99), "step": 5})
+    save_tiny_checkpoint(copy, config, seed=1)
     other = identity(config)  # other weights under the same name
     assert other.name != first.name and differences(first.fields, other.fields) == ["checkpoint"]
 
 
-def test_identity_follows_the_data_and_the_slices(setup):
-    config, folder = setup
+def test_identity_follows_the_data_and_the_slices(knee_test):
+    config, folder = knee_test
     first = identity(config)
     keys = [tuple(pair) for pair in first.fields["slices"]]
     fewer = identity(config, keys[:2])
@@ -78,8 +58,8 @@ def test_identity_follows_the_data_and_the_slices(setup):
 
 
 @pytest.mark.parametrize("method", ["pc", "ode", "ddim", "sense", "l1wavelet", "zero_filled"])
-def test_identity_follows_every_setting_of_every_method(setup, method):
-    config, _ = setup
+def test_identity_follows_every_setting_of_every_method(knee_test, method):
+    config, _ = knee_test
     config.sampling.method = method
     base = identity(config)
     settings = build.method_settings(config)
@@ -100,8 +80,8 @@ def test_identity_follows_every_setting_of_every_method(setup, method):
         assert differences(base.fields, other.fields) == [f"settings.{field.name}"]
 
 
-def test_identity_of_a_diffusion_result_follows_seed_samples_and_mask(setup):
-    config, _ = setup
+def test_identity_of_a_diffusion_result_follows_seed_samples_and_mask(knee_test):
+    config, _ = knee_test
     base = identity(config)
     for key, value in (("seed", 7), ("num_samples", 2), ("use_ema", not config.sampling.use_ema), ("acc", 8)):
         old = config.sampling[key]
@@ -115,8 +95,8 @@ def test_digest_is_order_free_and_short():
     assert len(digest({})) == 10
 
 
-def test_a_tune_table_ignores_only_the_searched_keys(setup):
-    config, _ = setup
+def test_a_tune_table_ignores_only_the_searched_keys(knee_test):
+    config, _ = knee_test
     dataset = datasets.make_dataset(config, "test")
     keys = [(dataset.volumes[0].name, 0)]
 

@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 import scipy.io
 import torch
+from scipy.ndimage import binary_fill_holes
+from scipy.stats import spearmanr
 
 import datasets
 import sampling
@@ -32,7 +34,7 @@ def demo_config(num_samples=1, steps=3):
 @pytest.fixture(scope="module")
 def slices():
     config = demo_config()
-    batch = datasets.collate_multicoil([datasets.get_dataset(config, "test").dataset[i] for i in range(2)])
+    batch = datasets.first_slices(datasets.make_dataset(config, "test"), 2)
     mask = build.sample_mask(config)
     return mask * batch["kspace"], batch["maps"], mask
 
@@ -83,11 +85,21 @@ def test_reconstruction_outputs_hold_mean_std_samples_and_calibration(tmp_path):
     config.sampling.max_slices, config.sampling.save_samples = 1, True
     config.sampling.output_dir = str(tmp_path / "k2")
     summary = reconstruct(config, str(tmp_path))
-    assert summary["num_samples"] == 2 and 0 <= summary["coverage_2std"] <= 1
-    assert np.isfinite(summary["std_rank_corr"])
     mat = scipy.io.loadmat(tmp_path / "k2" / "recon_phantom_test_0000_0.mat")
     assert mat["samples"].shape == (2,) + mat["recon"].shape and mat["std"].shape == mat["recon"].shape
     np.testing.assert_allclose(mat["recon"], mat["samples"].mean(0), atol=1e-5)
+    # The std map and the calibration of the one slice against scipy: the std of the samples' magnitudes; over the
+    # object (magnitude above 2 % of its maximum, holes filled) the Spearman correlation of the std with the error
+    # of the mean's magnitude, and the fraction of pixels whose error is within two stds.
+    std = np.abs(mat["samples"]).std(axis=0, ddof=1)
+    np.testing.assert_allclose(mat["std"], std, rtol=1e-4, atol=1e-6 * std.max())
+    truth = np.abs(mat["ground_truth"]).astype(np.float64)
+    support = binary_fill_holes(truth > 0.02 * truth.max())
+    error = np.abs(np.abs(mat["recon"]).astype(np.float64) - truth)[support]
+    spread = mat["std"][support].astype(np.float64)
+    assert summary["num_samples"] == 2 and 0.01 < support.mean() < 0.99
+    assert summary["coverage_2std"] == pytest.approx(np.mean(error <= 2 * spread), abs=1.5 / support.sum())
+    assert summary["std_rank_corr"] == pytest.approx(spearmanr(spread, error).statistic, abs=1e-6)
     with h5py.File(tmp_path / "k2" / "phantom_test_0000.h5") as f:
         assert f["std"].shape == f["reconstruction"].shape
     header = open(tmp_path / "k2" / "metrics.csv").readline()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import glob
 import hashlib
-import json
 import os
 import re
 import shlex
@@ -25,7 +24,6 @@ import torch
 import datasets
 import main
 from configs.tiny import get_config
-from models.ema import ExponentialMovingAverage
 from runners import build, folders, outputs, reconstruct as recon_module
 from runners.build import checkpoint_record, create_model
 from runners.export import export
@@ -33,25 +31,14 @@ from runners.reconstruct import reconstruct
 from runners.reconstructor import Reconstructor, data_residual, is_flagged, method_label
 from runners.run_folder import META_CHECKPOINT
 from runners.train import train
-from tests.conftest import np_fft2c
+from tests.conftest import check_records, np_fft2c, save_tiny_checkpoint
 from utils import checkpoints, figures, masks
-from utils.checkpoints import save_checkpoint
 from utils.generate_mask import main as generate_main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _checkpoint(path: str, sde: str = "hfssde") -> str:
-    config = get_config(sde)
-    model = create_model(config)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    save_checkpoint(path, {"model": model, "ema": ExponentialMovingAverage(model.parameters(), 0.99),
-                           "optimizer": torch.optim.Adam(model.parameters()), "step": 5,
-                           "config": checkpoint_record(config)})
-    return path
 
 
 @pytest.fixture
@@ -61,7 +48,7 @@ def setup(make_fastmri, tmp_path):
     folder = make_fastmri("knee_test", files=2, slices=3, coils=3, shape=(40, 32))
     settings = {"data.test_roots.knee": folder.root, "data.mask_root": str(tmp_path / "masks"),
                 "sampling.datashift": "knee", "sampling.batch_size": 1, "sampling.N": 3,
-                "sampling.checkpoint": _checkpoint(str(tmp_path / "ckpt" / "tiny.pth")),
+                "sampling.checkpoint": save_tiny_checkpoint(str(tmp_path / "ckpt" / "tiny.pth"), get_config()),
                 "sampling.output_dir": str(tmp_path / "out")}
     config = get_config()
     for key, value in settings.items():
@@ -93,20 +80,6 @@ def csv_rows(out: str) -> list[tuple[str, str]]:
 ALL_SLICES = [(f"file100{i}", str(s)) for i in range(2) for s in range(3)]
 
 
-def check_complete(out: str) -> dict:
-    """Every slice once in metrics.csv, a readable .mat each, the .h5 volumes and summary built from them."""
-    assert csv_rows(out) == ALL_SLICES
-    for fname, index in ALL_SLICES:
-        assert set(scipy.io.loadmat(os.path.join(out, f"recon_{fname}_{index}.mat"))) >= {"recon", "ground_truth"}
-    for fname in ("file1000", "file1001"):
-        with h5py.File(os.path.join(out, f"{fname}.h5")) as f:
-            assert list(f["slices"]) == [0, 1, 2] and f["reconstruction"].shape == (3, 32, 32)
-    summary = json.load(open(os.path.join(out, "summary.json")))
-    assert summary["n_slices"] == 6 and all(np.isfinite(summary[k]) for k in ("psnr", "ssim", "residual"))
-    assert not glob.glob(os.path.join(out, "*.tmp")) and not glob.glob(os.path.join(out, ".*.tmp"))
-    return summary
-
-
 # ---- 1. two reconstructions into one folder at once --------------------------------------------------------------
 def test_two_concurrent_reconstructions_into_one_folder(setup):
     config, overrides, _ = setup
@@ -119,7 +92,7 @@ def test_two_concurrent_reconstructions_into_one_folder(setup):
             assert f"reconstruction folder {out} is being written by process" in error_line(stderr)
     assert any(code == 0 for code, _ in results)
     assert any("waiting up to" in stderr or code != 0 for code, stderr in results), "the runs never met"
-    check_complete(out)
+    check_records(out, ALL_SLICES)
 
 
 def _hold_lock(folder: str, fork_child: bool = False) -> tuple[subprocess.Popen, int]:
@@ -182,7 +155,7 @@ def test_sigkill_during_reconstruction_then_rerun_completes_every_slice(setup):
     assert rerun.returncode == 0, rerun.stderr
     assert "recon_file1000_0.mat is missing or unreadable" in rerun.stderr
     assert re.search(r"removed \d+ temporary file\(s\) .*\.recon_file1001_2\.mat\.12345\.tmp", rerun.stderr)
-    check_complete(out)
+    check_records(out, ALL_SLICES)
 
 
 def test_duplicate_rows_of_an_old_folder_count_once(setup):
@@ -193,7 +166,7 @@ def test_duplicate_rows_of_an_old_folder_count_once(setup):
     lines = open(path).read().splitlines()
     open(path, "w").write("\n".join(lines + lines[1:]) + "\n")
     assert reconstruct(config, "unused")["n_slices"] == 6
-    check_complete(out)
+    check_records(out, ALL_SLICES)
 
 
 # ---- 3, 4. training: SIGKILL then an immediate rerun, three times ------------------------------------------------
@@ -288,7 +261,7 @@ def test_nan_kspace_stops_before_the_slice_or_is_skipped(setup, caplog):
     config.data.skip_broken = True
     summary = reconstruct(config, "unused")
     assert "skipping a broken slice" in caplog.text and "file1000.h5: 'kspace' of slice 1" in caplog.text
-    assert summary["n_slices"] == 5 and all(np.isfinite(v) for v in summary.values() if isinstance(v, float))
+    assert summary == check_records(out, [key for key in ALL_SLICES if key != ("file1000", "1")])
 
 
 def test_nan_maps_are_named(setup):
@@ -313,17 +286,18 @@ def _damage_chunk(path: str, index: int) -> None:
 
 def test_damaged_chunk_in_worker_processes_is_one_line_or_skipped(setup):
     config, overrides, folder = setup
-    _damage_chunk(os.path.join(folder.root, "file1001.h5"), 1)
+    path = os.path.join(folder.root, "file1001.h5")
+    _damage_chunk(path, 1)
     command = sample_command(*overrides, "--config.sampling.batch_size=4", "--config.training.num_workers=2",
                              "--config.sampling.method=zero_filled")
     failed = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert failed.returncode != 0
-    assert re.search(r"cannot read slice 1 of \S*file1001\.h5 \('kspace'\)", error_line(failed.stderr))
+    assert error_line(failed.stderr).startswith(f"main.py: error: {path}: 'kspace' of slice 1 cannot be read (")
     skipped = subprocess.run(command + ["--config.data.skip_broken=True"], cwd=ROOT, capture_output=True, text=True,
                              timeout=300)
     assert skipped.returncode == 0, skipped.stderr
-    assert "skipping a broken slice: cannot read slice 1 of" in skipped.stderr
-    assert len(csv_rows(config.sampling.output_dir)) == 5
+    assert f"skipping a broken slice: {path}: 'kspace' of slice 1 cannot be read" in skipped.stderr
+    check_records(config.sampling.output_dir, [key for key in ALL_SLICES if key != ("file1001", "1")])
 
 
 # ---- 7. masks of another size ------------------------------------------------------------------------------------
@@ -400,7 +374,7 @@ def test_unwritable_or_blocked_output_folders_are_one_line(setup, tmp_path, unwr
 # ---- 9. a checkpoint of another SDE ------------------------------------------------------------------------------
 def test_checkpoint_of_another_sde_is_named_in_one_warning(setup, tmp_path, caplog):
     config, _, _ = setup
-    config.sampling.checkpoint = _checkpoint(str(tmp_path / "ckpt" / "vp.pth"), sde="vpsde")
+    config.sampling.checkpoint = save_tiny_checkpoint(str(tmp_path / "ckpt" / "vp.pth"), get_config("vpsde"))
     config.sampling.max_slices = 1
     reconstruct(config, "unused")
     [warning] = [r.getMessage() for r in caplog.records if "was trained with" in r.getMessage()]
@@ -408,7 +382,7 @@ def test_checkpoint_of_another_sde_is_named_in_one_warning(setup, tmp_path, capl
 
 
 def test_exported_checkpoint_keeps_the_record(tmp_path, caplog):
-    path = _checkpoint(str(tmp_path / "vp.pth"), sde="vpsde")
+    path = save_tiny_checkpoint(str(tmp_path / "vp.pth"), get_config("vpsde"))
     export(path, str(tmp_path / "small.pth"))
     config = get_config()
     checkpoints.load_model_weights(tmp_path / "small.pth", create_model(config), True, "cpu", checkpoint_record(config))

@@ -8,7 +8,7 @@ import torch
 
 import sampling
 from configs.tiny import get_config
-from tests.conftest import np_fft2c, np_ifft2c
+from tests.conftest import np_dc, np_hp, np_ifft2c, np_norm, to_r
 from utils import mri
 from utils.masks import make_mask
 from runners import build
@@ -19,28 +19,6 @@ B0, B1 = 0.1, 20.0
 
 
 # ---- independent numpy reference (float64) ----------------------------------------------------------------------
-def to_c(x):
-    return x[:, 0] + 1j * x[:, 1]
-
-
-def to_r(c):
-    return np.stack([c.real, c.imag], 1)
-
-
-def np_hp(x, lf):
-    return to_r(np_ifft2c((1 - lf) * np_fft2c(to_c(x))))
-
-
-def np_norm(v):
-    return np.sqrt((v.reshape(v.shape[0], -1) ** 2).sum(1))[:, None, None, None]
-
-
-def np_dc(x, y, csm, mask, s, w):
-    r = mask * np_fft2c(csm * to_c(x)[:, None]) - y
-    d = to_r(np.sum(np.conj(csm) * np_ifft2c(mask * r), 1))
-    return d / np_norm(d) * np_norm(s) * w
-
-
 def np_score(x, t):
     return -(x - 0.3) / (0.5 + t[:, None, None, None])
 

@@ -22,6 +22,8 @@ import numpy as np
 import scipy.io
 import torch
 
+from utils.atomic import atomic_path
+
 KINDS = ("uniform", "low_frequency", "center", "cartesian", "random_uniform")
 _NEEDS_ACC = ("uniform", "cartesian", "random_uniform")
 
@@ -100,9 +102,10 @@ def mask_name(kind: str, acc: float | None, acs: int) -> str:
 
 
 def save_mask(path: str, mask: np.ndarray) -> None:
-    """Write a mask as a compressed MATLAB file with key `mask`."""
+    """Write a mask as a compressed MATLAB file with key `mask`, atomically (`utils/atomic.py`)."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    scipy.io.savemat(path, {"mask": mask.astype(np.float32)}, do_compression=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        scipy.io.savemat(f, {"mask": mask.astype(np.float32)}, do_compression=True)
 
 
 def load_mask(path: str) -> np.ndarray:
