@@ -27,15 +27,16 @@ from torch.utils.data import DistributedSampler
 
 from multicoil.dataset import MultiCoilSliceDataset, SliceLoader, collate_multicoil, first_slices
 from multicoil.errors import DataError, SliceError
-from multicoil.folders import BUNDLED_SETS, data_command, default_maps_root, list_h5_files, missing_folder_hint
+from multicoil.folders import (BUNDLED_SETS, check_regular, data_command, default_maps_root, list_h5_files,
+                               missing_folder_hint)
 from multicoil.index import Volume, build_index, index_cache_path, kept_slices
 from multicoil.normalize import NORMALIZE_TYPES, normalize_kspace
 from utils.common import derived_seed
 
 __all__ = ["BUNDLED_SETS", "DATASHIFT_ALIASES", "MODES", "NORMALIZE_TYPES", "DataError", "EpochSampler",
-           "MultiCoilSliceDataset", "SliceError", "Volume", "build_index", "collate_multicoil", "data_command",
-           "default_maps_root", "first_slices", "get_dataset", "index_cache_path", "kept_slices", "list_h5_files",
-           "make_dataset", "missing_folder_hint", "normalize_kspace", "ordered_loader", "train_loader"]
+           "MultiCoilSliceDataset", "SliceError", "Volume", "build_index", "check_regular", "collate_multicoil",
+           "data_command", "default_maps_root", "first_slices", "get_dataset", "index_cache_path", "kept_slices",
+           "list_h5_files", "make_dataset", "missing_folder_hint", "normalize_kspace", "ordered_loader", "train_loader"]
 
 MODES = ("train", "eval", "test")
 DATASHIFT_ALIASES = {"photom": "phantom"}  # the published quick start's folder name

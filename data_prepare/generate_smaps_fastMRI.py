@@ -30,7 +30,7 @@ from tqdm import tqdm  # noqa: E402
 
 from data_prepare.espirit import BACKENDS, bart_binary, espirit_maps  # noqa: E402
 from data_prepare.fastmri_io import write_maps_file  # noqa: E402
-from datasets import default_maps_root, list_h5_files  # noqa: E402
+from datasets import check_regular, default_maps_root, list_h5_files  # noqa: E402
 from utils.masks import load_mask  # noqa: E402
 from utils.mri import crop_kspace  # noqa: E402
 
@@ -118,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     failed, written = [], 0
     for kspace_path in tqdm(files, desc="maps", unit="file"):
         try:
+            check_regular(kspace_path)
             written += maps_for_file(kspace_path, os.path.join(output, os.path.basename(kspace_path)), args, mask)
         except (ValueError, RuntimeError) as err:
             failed.append(kspace_path)

@@ -3,6 +3,9 @@ the bundled configs' data sets (named when such a folder is missing)."""
 from __future__ import annotations
 
 import os
+import stat
+
+from multicoil.errors import DataError
 
 
 def default_maps_root(kspace_root: str) -> str:
@@ -39,6 +42,21 @@ def missing_folder_hint(folder: str, image_size: int) -> str:
         return f"create it with `{known[0]}`"
     return ("give a folder of fastMRI multi-coil .h5 files (config keys data.root, data.eval_root, "
             "data.test_roots.<set>)")
+
+
+def check_regular(path: str) -> None:
+    """Raise DataError unless `path` is a regular file (or a link to one): a named pipe or device would block the
+    HDF5 reader forever, a folder or a dangling link would fail later with a message about HDF5."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as err:
+        raise DataError(f"{path} cannot be opened ({err.strerror}; a dangling link?): replace it, or move it out of "
+                        f"the folder") from err
+    if not stat.S_ISREG(mode):
+        kind = ("a folder" if stat.S_ISDIR(mode) else "a named pipe (FIFO)" if stat.S_ISFIFO(mode)
+                else "a socket" if stat.S_ISSOCK(mode) else "a device file")
+        raise DataError(f"{path} is {kind}, not an HDF5 file: move it out of the folder, or rename it so that it "
+                        f"does not end in .h5")
 
 
 def list_h5_files(folder: str, what: str = "k-space", image_size: int = 320) -> list[str]:

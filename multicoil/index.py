@@ -14,7 +14,7 @@ from pathlib import Path
 import h5py
 
 from multicoil.errors import DataError
-from multicoil.folders import list_h5_files
+from multicoil.folders import check_regular, list_h5_files
 from utils.atomic import write_json
 
 log = logging.getLogger(__name__)
@@ -135,9 +135,11 @@ def build_index(kspace_root: str, maps_root: str, image_size: int, skip_broken: 
         name = os.path.basename(kspace_path)
         maps_path = os.path.join(maps_root, name)
         try:
-            if not os.path.isfile(maps_path):
+            check_regular(kspace_path)
+            if not os.path.lexists(maps_path):
                 raise DataError(f"{kspace_path} has no maps file {maps_path}; create it with `python "
                                 f"data_prepare/generate_smaps_fastMRI.py --input {kspace_root} --output {maps_root}`")
+            check_regular(maps_path)
             stamps = {"kspace": _stamp(kspace_path), "maps": _stamp(maps_path)}
             entry = cached.get(name)
             if entry is None or entry["kspace"] != stamps["kspace"] or entry["maps"] != stamps["maps"]:

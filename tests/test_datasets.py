@@ -336,8 +336,30 @@ def _break_single_coil(folder):
     return path, r"file1001\.h5: 'kspace' is complex64 of shape \[3, 64, 48\]"
 
 
+def _break_fifo(folder):
+    path = os.path.join(folder.root, "file1001.h5")
+    os.remove(path)
+    os.mkfifo(path)  # opening it for reading would block until a writer appears
+    return path, r"file1001\.h5 is a named pipe \(FIFO\), not an HDF5 file"
+
+
+def _break_maps_folder(folder):
+    path = os.path.join(folder.maps_root, "file1001.h5")
+    os.remove(path)
+    os.mkdir(path)
+    return path, r"maps.*file1001\.h5 is a folder, not an HDF5 file"
+
+
+def _break_dangling_link(folder):
+    path = os.path.join(folder.root, "file1001.h5")
+    os.remove(path)
+    os.symlink(os.path.join(folder.root, "moved_away.h5"), path)
+    return path, r"file1001\.h5 cannot be opened \(No such file or directory; a dangling link\?\)"
+
+
 @pytest.mark.parametrize("damage", [_break_no_kspace, _break_truncated, _break_maps_shape, _break_maps_coils,
-                                    _break_slice_count, _break_single_coil])
+                                    _break_slice_count, _break_single_coil, _break_fifo, _break_maps_folder,
+                                    _break_dangling_link])
 def test_broken_file_is_named_or_skipped(make_fastmri, damage):
     folder = make_fastmri(files=3, slices=3)
     _, message = damage(folder)
