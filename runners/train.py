@@ -26,7 +26,6 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
-from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
 import datasets
@@ -39,6 +38,7 @@ from runners.distributed import Dist, all_rng_states, from_rank0, init_distribut
 from runners.first_use import prepare_data
 from runners.interrupts import Interrupted, deferred, interruptible
 from runners.run_folder import FINISHED_FILE, META_CHECKPOINT, open_run, save_config
+from runners.run_logs import EventLog, log_file
 from utils import checkpoints, metrics
 from utils.common import derived_seed, seed_everything
 from utils.mri import c2r, r2c, sense_adjoint
@@ -111,7 +111,7 @@ class _TrainLoop:
                                  if training.snapshot_sampling else None)
         self.last_saved: tuple[str, int] | None = None
         self._sampled_at = -1
-        self.writer: SummaryWriter | None = None
+        self.events: EventLog | None = None
         self._window: dict = {}
 
     # -- setup helpers --
@@ -190,8 +190,8 @@ class _TrainLoop:
         """The epochs left, between opening and closing the TensorBoard writer; the final checkpoint."""
         if self.ctx.is_main:
             # Events of steps after the checkpoint we resumed from are stale: TensorBoard hides them.
-            self.writer = SummaryWriter(os.path.join(self.run_dir, "tensorboard"),
-                                        purge_step=self.state["step"] + 1 if self.state["step"] else None)
+            self.events = EventLog(os.path.join(self.run_dir, "tensorboard"),
+                                   purge_step=self.state["step"] + 1 if self.state["step"] else None)
         show = self.ctx.is_main and sys.stderr.isatty()
         try:
             with tqdm(total=self.total_steps(), initial=self.state["step"], disable=not show, unit="step",
@@ -202,8 +202,8 @@ class _TrainLoop:
             if self.last_saved is None or self.last_saved[1] != self.state["step"]:
                 self._save([META_CHECKPOINT])
         finally:
-            if self.writer is not None:
-                self.writer.close()
+            if self.events is not None:
+                self.events.close()
         self._check_replicas()
         logging.info("training finished at step %d; checkpoints in %s", self.state["step"], self.run_dir)
 
@@ -283,7 +283,7 @@ class _TrainLoop:
         scalars = {"train/loss": loss / steps, "train/grad_norm": grad_norm / steps,
                    "train/lr": self.state["optimizer"].param_groups[0]["lr"], "train/images_per_s": images / seconds}
         for tag, value in scalars.items():
-            self.writer.add_scalar(tag, value, step)
+            self.events.scalar(tag, value, step)
         bar.set_postfix(loss=f"{scalars['train/loss']:.4g}", refresh=False)
         logging.info("step %d: loss %.5g, grad norm %.3g, lr %.3g, %.1f images/s", step, scalars["train/loss"],
                      scalars["train/grad_norm"], scalars["train/lr"], scalars["train/images_per_s"])
@@ -297,7 +297,7 @@ class _TrainLoop:
             torch.manual_seed(self.config.seed)
             loss = self.eval_step({"model": self.model, "ema": self.state["ema"]}, self.held_out["images"])["loss"]
         self.train_model.train()
-        self.writer.add_scalar("eval/loss", loss.item(), self.state["step"])
+        self.events.scalar("eval/loss", loss.item(), self.state["step"])
 
     def _sample_snapshot(self) -> None:
         """Reconstruct the first held-out slice (`sampling.*` settings; the PC sampler unless `sampling.method` is
@@ -319,8 +319,8 @@ class _TrainLoop:
         reference = sense_adjoint(kspace, maps, 1.0).abs()[0]
         recon = r2c(x).abs()[0]
         scale = reference.max().clamp_min(torch.finfo(reference.dtype).tiny)
-        self.writer.add_image("eval/reconstruction", (torch.cat([reference, recon], -1) / scale).clamp(0, 1), step)
-        self.writer.add_scalar("eval/reconstruction_psnr", metrics.psnr(reference, recon), step)
+        self.events.image("eval/reconstruction", (torch.cat([reference, recon], -1) / scale).clamp(0, 1), step)
+        self.events.scalar("eval/reconstruction_psnr", metrics.psnr(reference, recon), step)
         self._window["paused"] += time.perf_counter() - start
 
     # -- checkpoints --
@@ -339,7 +339,7 @@ class _TrainLoop:
             if self.ctx.is_main:
                 for name in names:
                     checkpoints.save_checkpoint(os.path.join(self.run_dir, name), state)
-                self.writer.flush()
+                self.events.flush()
             self.last_saved = (os.path.join(self.run_dir, names[0]), self.state["step"])
         self._window["paused"] += time.perf_counter() - start
 
@@ -379,22 +379,6 @@ def _describe(loop: _TrainLoop) -> None:
                  loop.steps_per_epoch, loop.total_steps())
 
 
-@contextlib.contextmanager
-def _log_file(path: str, enabled: bool):
-    """Copy log records to `path` (appending) while the block runs."""
-    if not enabled:
-        yield
-        return
-    handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(asctime)s %(filename)s:%(lineno)d] %(message)s"))
-    logging.getLogger().addHandler(handler)
-    try:
-        yield
-    finally:
-        logging.getLogger().removeHandler(handler)
-        handler.close()
-
-
 def train(config, workdir: str) -> str:
     """Train the score network of `config` in a run folder of `workdir` (see the module docstring).
 
@@ -413,7 +397,7 @@ def train(config, workdir: str) -> str:
                                                      config.data.image_size))
                 loop = _TrainLoop(config, ctx)
                 loop.run_dir = from_rank0(ctx, lambda: open_run(config, workdir, stack))
-                stack.enter_context(_log_file(os.path.join(loop.run_dir, "train.log"), ctx.is_main))
+                stack.enter_context(log_file(os.path.join(loop.run_dir, "train.log"), ctx.is_main))
                 loop.resume()
                 if ctx.is_main:
                     save_config(config, loop.run_dir)

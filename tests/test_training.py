@@ -2,19 +2,24 @@
 run folders and one-line errors for bad input."""
 from __future__ import annotations
 
+import errno
 import glob
+import logging
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.summary.writer.record_writer import RecordWriter
 
 import losses
 from configs.tiny import get_config
+from runners import run_logs
 from runners.run_folder import META_CHECKPOINT
 from runners.train import train
 
@@ -79,6 +84,36 @@ def test_loss_falls_and_tensorboard_holds_the_scalars(phantom, tmp_path):
     assert sorted(os.listdir(os.path.join(run_dir, "checkpoints"))) == [
         "checkpoint_20.pth", "checkpoint_step_120.pth", "checkpoint_step_180.pth", "checkpoint_step_60.pth"]
     assert load(run_dir)["step"] == 200
+
+
+class _FullDisk:
+    """A file whose writes fail as on a full disk."""
+
+    def write(self, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def flush(self):
+        pass
+
+    def close(self):
+        pass
+
+
+def test_full_disk_under_the_logs_warns_once_each_and_training_goes_on(phantom, tmp_path, monkeypatch, caplog,
+                                                                       capfd):
+    monkeypatch.setattr(RecordWriter, "write", _FullDisk.write)
+    monkeypatch.setattr(run_logs._LogFile, "_open", lambda self: _FullDisk())
+    hook = threading.excepthook
+    config = tiny(phantom, training__n_iters=30, training__log_freq=5, training__eval_freq=10)
+    with caplog.at_level(logging.INFO):
+        run_dir = train(config, str(tmp_path))
+    assert load(run_dir)["step"] == 30 and threading.excepthook is hook
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 2, warned
+    assert any(m.startswith("cannot write the TensorBoard events in ") and "No space left" in m for m in warned)
+    assert any(m.startswith("cannot write the log file ") and "train.log (No space left" in m for m in warned)
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "Logging error" not in err, err
 
 
 def test_only_the_last_epoch_checkpoints_and_the_kept_ones_stay(phantom, tmp_path):
