@@ -132,6 +132,8 @@ def main(argv):
         elif FLAGS.mode == "calibrate":
             from runners.calibrate import calibrate
             report = calibrate(config, FLAGS.workdir, FLAGS.tune_slices)
+            if report is None:  # a torchrun rank other than 0
+                return
             command = sample_command(f"--config.sampling.calibration={report['path']}")
             cal = report["calibration"]
             print(f"calibrated on {report['slices']} validation slices: scale {cal.scale:.4g}, MSE scale "

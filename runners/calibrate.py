@@ -10,6 +10,9 @@ MSE scale c and the baseline ratio r on them, and `calibration.json` (the number
 validation coverage before and after, the predicted and true PSNR of each slice) and `reliability.png` (before and
 after) are written there. One override applies it to a test run of the same setting:
 `--config.sampling.calibration=<workdir>/calibrate/<identity>/calibration.json`.
+
+Under `torchrun` the ranks share the validation slices as in a reconstruction; rank 0 alone fits and writes the
+calibration (the other ranks return None).
 """
 from __future__ import annotations
 
@@ -27,9 +30,9 @@ from utils import metrics
 from utils.figures import save_reliability
 
 
-def calibrate(config, workdir: str, num_slices: int = 2) -> dict:
+def calibrate(config, workdir: str, num_slices: int = 2) -> dict | None:
     """Fit the calibration of `config`'s method on `num_slices` validation slices (module docstring); returns the
-    report written to `calibration.json`, with its `path`."""
+    report written to `calibration.json`, with its `path` (None on a `torchrun` rank other than 0)."""
     config = copy.deepcopy(config)
     if config.sampling.calibration:
         logging.info("sampling.calibration=%s is not used while calibrating", config.sampling.calibration)
@@ -37,6 +40,8 @@ def calibrate(config, workdir: str, num_slices: int = 2) -> dict:
     config.sampling.max_slices = num_slices
     prepare_data([config.data.eval_root], config.data.image_size)
     out = reconstruct(config, workdir, split="eval")["folder"]
+    if int(os.environ.get("RANK", "0")) != 0:
+        return None
     rows = read_rows(os.path.join(out, "metrics.csv"))
     slices = uncertainty.read_maps(out, rows, mat_path)
     calibration = uncertainty.fit(slices, object_support)

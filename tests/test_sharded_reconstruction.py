@@ -57,9 +57,9 @@ def psnr_by_slice(out: str) -> dict:
     return {(r["fname"], int(r["slice"])): float(r["psnr"]) for r in rows}
 
 
-def torchrun(overrides: list[str], *args: str) -> subprocess.CompletedProcess:
+def torchrun(overrides: list[str], *args: str, mode: str = "sample") -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "main.py",
-               "--mode", "sample", "--config", "configs/tiny.py", *overrides, *args]
+               "--mode", mode, "--config", "configs/tiny.py", *overrides, *args]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     return result
@@ -100,6 +100,21 @@ def test_two_processes_fill_one_folder_equal_to_a_single_run_and_resume(setup, t
     config.sampling.output_dir = out
     again = reconstruct(config, "unused")
     assert again == summary
+
+
+def test_calibrate_over_two_processes_is_fitted_once_on_rank_0(setup, tmp_path):
+    config, overrides = setup
+    out = tmp_path / "calibrate"
+    run = torchrun([*overrides, f"--config.data.eval_root={config.data.test_roots.knee}",
+                    "--config.sampling.method=sense", "--config.sampling.noise_replicas=2",
+                    f"--config.sampling.output_dir={out}", "--config.sampling.batch_size=1"], "--tune_slices", "2",
+                   mode="calibrate")
+    assert "2 of 2 slice(s) to do, 1 on rank 0 of 2" in run.stderr
+    assert "2 of 2 slice(s) to do, 1 on rank 1 of 2" in run.stderr
+    assert run.stdout.count("calibrated on 2 validation slices") == 1, run.stdout
+    report = json.load(open(out / "calibration.json"))
+    assert report["slices"] == 2 and len(report["pred_psnr"]) == 2
+    assert (out / "reliability.png").stat().st_size > 1000
 
 
 def test_rows_a_killed_rank_left_are_kept_by_the_next_run(setup, caplog):
