@@ -18,7 +18,7 @@ Each row gets its own validation and test volumes (`<out>/data/<row>/`).
 
 Per row and acceleration (uniform masks, 24 ACS lines): zero-filled, CG-SENSE, ℓ1-wavelet with λ chosen on the
 row's validation slices (PSNR-best of `L1_GRID`), VP-SDE and HFS-SDE with the brain demo configs' default sampler,
-and HFS-SDE with the published PC sampler (`hfssde-pc`), all through the reconstruction harness
+and HFS-SDE with the published PC sampler (`hfssde-pc`: 100 steps, one sample, the same budget), all through the reconstruction harness
 (runners/reconstruct.py, so every output and per-slice metric is kept in `<out>/<row>/acc<R>/<method>/`). Each
 row also reports why it is hard: `noise×`, the CG-SENSE noise amplification (rms of the CG-SENSE reconstruction of
 white k-space noise over that of the fully sampled coil combination, on the coil-map support, mean over the test
@@ -73,6 +73,7 @@ ROWS = {
 }
 ACCELERATIONS = (4, 8, 10)
 L1_GRID = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
+PC_STEPS = 100  # the published PC sampler's 100 steps: 200 network evaluations, the demo sampler's budget
 METHODS = ("zero_filled", "sense", "l1wavelet", "vpsde", "hfssde", "hfssde-pc")
 LABELS = {"zero_filled": "zero-filled", "sense": "CG-SENSE", "l1wavelet": "ℓ1-wavelet", "vpsde": "VP-SDE",
           "hfssde": "HFS-SDE", "hfssde-pc": "HFS-SDE PC"}
@@ -178,7 +179,7 @@ def method_config(method: str, row: str, folders: dict[str, str], split: str, ac
     if method in BASELINES.names():
         s.method, s.num_samples = method, 1
     if method == "hfssde-pc":
-        s.method, s.num_samples = "pc", 1
+        s.method, s.num_samples, s.N = "pc", 1, PC_STEPS
     if l1_lambda is not None:
         s.l1_lambda = l1_lambda
     s.acc, s.show_progress, s.datashift, s.max_slices = acc, False, f"shift_{split}", max_slices

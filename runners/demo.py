@@ -8,7 +8,9 @@ VP-SDE, the fast HFS-SDE sampler and the classical baselines; print the tables a
 
 Every method of a set runs on the same slices, masks (uniform, 24 ACS lines) and metrics; the settings come from
 the demo configs (`configs/{hfssde,vp}/{brain,phantom}_demo.py`), which were chosen on validation slices. Outputs go
-to `results/demo/` (`results/demo_fast/` with `--fast`; `--out` to change): one folder per set, acceleration and
+to `results/demo/` (`default_out`: `results/demo_fast/` with `--fast`, `results/demo_all/` with `--slices 0`,
+`…_calibrated/` with `--calibrate`, so that each kind of run keeps its own folders; `--out` to change; a rerun
+reuses the finished slices): one folder per set, acceleration and
 method with the usual reconstruction outputs (runners/reconstruct.py), `table.md` (with the error maps' coverage,
 rank correlation and predicted PSNR), `summary.json`, `comparison_<set>_acc{R}.png` and `reliability_<set>.png`.
 """
@@ -120,9 +122,17 @@ def figures(rows: list[dict], out: str, name: str) -> None:
                          f"{name.capitalize()} demo, HFS-SDE error maps, test slices")
 
 
+def default_out(fast: bool, slices: int, calibrated: bool) -> str:
+    """`results/demo[_fast|_all|_<N>slices][_calibrated]`: runs on other slices or with a calibration are other
+    settings (runners/identity.py), so they get their own folders instead of refusing the default run's."""
+    kind = "_fast" if fast else "" if slices == 1 else "_all" if slices == 0 else f"_{slices}slices"
+    return f"results/demo{kind}{'_calibrated' if calibrated else ''}"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", help="output folder (default results/demo, or results/demo_fast with --fast)")
+    parser.add_argument("--out", help="output folder (default results/demo; results/demo_fast with --fast, "
+                                      "results/demo_all with --slices 0, ..._calibrated with --calibrate)")
     parser.add_argument("--fast", action="store_true", help="one slice and 10 sampling steps (smoke test)")
     parser.add_argument("--sets", nargs="+", choices=sorted(SETS), default=list(SETS), help="which test sets")
     parser.add_argument("--calibrate", action="store_true",
@@ -131,13 +141,16 @@ def main(argv=None) -> int:
                         help="test slices per set (default 1, which keeps the demo near 5 minutes on a 2-core CPU; "
                              "0: all four of each set, about 20 minutes)")
     args = parser.parse_args(argv)
-    args.out = args.out or ("results/demo_fast" if args.fast else "results/demo")
+    args.out = args.out or default_out(args.fast, args.slices, args.calibrate)
     absl_logging.set_verbosity(absl_logging.WARNING)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
 
     rows, texts = [], []
     for name in args.sets:
-        set_rows = run(name, os.path.join(args.out, name), args.fast, args.slices, args.calibrate)
+        try:
+            set_rows = run(name, os.path.join(args.out, name), args.fast, args.slices, args.calibrate)
+        except (ValueError, OSError) as err:
+            sys.exit(f"demo: error: {err}")
         figures(set_rows, args.out, name)
         texts.append(f"{name.capitalize()} demo ({'fast smoke test' if args.fast else 'full'}), uniform masks with "
                      f"24 ACS lines, {set_rows[0]['n_slices']} slice(s) per setting:\n{table(set_rows)}")

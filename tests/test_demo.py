@@ -20,6 +20,22 @@ def test_demo_fast_runs_every_method(tmp_path, capsys):
         assert {r["acc"] for r in rows if r["set"] == name} == accelerations
         assert (tmp_path / f"comparison_{name}_acc4.png").stat().st_size > 1000
     assert "| 4× | HFS-SDE |" in capsys.readouterr().out
+    # A folder of another setting (here: other slices) is one line, not a traceback.
+    setting = tmp_path / "brain" / "acc4" / "zero_filled" / "setting.json"
+    fields = json.loads(setting.read_text())
+    fields["fields"]["slices"] = [["elsewhere", 3]]
+    setting.write_text(json.dumps(fields))
+    with pytest.raises(SystemExit, match=r"^demo: error: .*zero_filled holds reconstructions of another setting "
+                                         r"\(differs in slices\)"):
+        demo.main(["--fast", "--out", str(tmp_path)])
+
+
+def test_each_kind_of_demo_run_has_its_own_default_folder():
+    kinds = [(False, 1, False), (True, 1, False), (False, 0, False), (False, 2, False), (False, 1, True),
+             (False, 0, True)]
+    folders = [demo.default_out(*kind) for kind in kinds]
+    assert folders == ["results/demo", "results/demo_fast", "results/demo_all", "results/demo_2slices",
+                       "results/demo_calibrated", "results/demo_all_calibrated"]
 
 
 def psnr_tables(path: str, section_of) -> dict:
@@ -69,13 +85,13 @@ def summary(folder) -> dict:
 @pytest.mark.slow
 def test_demo_matches_the_documented_tables(tmp_path):
     """`bash test_fastMRI.sh demo` against demo/README.md and README.md's Quick start; then `--slices 0 --sets brain`
-    (reusing the first slices) against README.md's brain table."""
+    (its own folders, as by default) against README.md's brain table."""
     demo.main(["--out", str(tmp_path)])
     rows = summary(tmp_path)
     assert rows[("phantom", "HFS-SDE", 4)]["psnr"] >= rows[("phantom", "zero-filled", 4)]["psnr"] + 3
     assert_matches(rows, documented_psnr(), "demo/README.md")
     readme = readme_psnr()
     assert_matches(rows, {k: v for k, v in readme.items() if k[0] in SETS}, "README.md, Quick start")
-    demo.main(["--out", str(tmp_path), "--slices", "0", "--sets", "brain"])
-    rows = {("brain, all slices",) + key[1:]: row for key, row in summary(tmp_path).items()}
+    demo.main(["--out", str(tmp_path / "all"), "--slices", "0", "--sets", "brain"])
+    rows = {("brain, all slices",) + key[1:]: row for key, row in summary(tmp_path / "all").items()}
     assert_matches(rows, {k: v for k, v in readme.items() if k[0] == "brain, all slices"}, "README.md, brain table")
