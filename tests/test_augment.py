@@ -6,7 +6,8 @@ import torch
 
 import datasets
 from configs.default_fastMRI_configs import get_default_configs
-from utils.augment import AUGMENT_KEYS, add_scalp, augment_slice, object_mask
+from utils.augment import AUGMENT_KEYS, add_scalp, augment_acquisition, augment_slice, object_mask
+from utils.coils import coil_kspace
 from utils.mri import sense_adjoint
 
 
@@ -61,6 +62,54 @@ def test_coil_subset_keeps_unit_sum_of_squares():
         _, out = augment_slice(disc(32).astype(np.complex64), maps, np.random.default_rng(seed), settings(min_coils=3))
         assert 3 <= out.shape[0] <= 8
         np.testing.assert_allclose((np.abs(out) ** 2).sum(0), 1, atol=1e-5)
+
+
+def _combined(kspace, maps):
+    combined = sense_adjoint(torch.from_numpy(kspace)[None], torch.from_numpy(maps)[None], 1.0)
+    return combined.reshape(kspace.shape[1:]).numpy()
+
+
+def test_acquisition_off_is_the_stored_coils_exactly():
+    image, maps = disc().astype(np.complex64), birdcage(4, 48)
+    kspace, used = augment_acquisition(image, maps, np.random.default_rng(0), settings(max_coils=16, noise=0.1))
+    assert used is maps
+    np.testing.assert_array_equal(kspace, coil_kspace(image[None], maps)[0])
+
+
+def test_acquisition_draws_coil_counts_in_range_and_keeps_the_label_exact():
+    image, maps = disc().astype(np.complex64), birdcage(4, 48)
+    counts = set()
+    for seed in range(40):
+        kspace, used = augment_acquisition(image, maps, np.random.default_rng(seed),
+                                           settings(acquisition=1, min_coils=3, max_coils=9, oversample=0.5,
+                                                    loops=0.5))
+        assert kspace.shape == used.shape and kspace.dtype == np.complex64 and 3 <= used.shape[0] <= 9
+        counts.add(used.shape[0])
+        # Noiseless with the true maps: the label Aᴴk is the image wherever the coils see it.
+        seen = (np.abs(used) ** 2).sum(0) > 1e-3
+        np.testing.assert_allclose(_combined(kspace, used)[seen] / (np.abs(used) ** 2).sum(0)[seen], image[seen],
+                                   atol=1e-4)
+    assert len(counts) >= 5  # the count is drawn, not fixed
+
+
+def test_acquisition_noise_level_and_estimated_maps():
+    image, maps = disc(64).astype(np.complex64), birdcage(8, 64)
+    noisy = settings(acquisition=1, noise=0.03, noise_correlation=0.3, estimated_maps=1)
+    levels = []
+    for seed in range(12):
+        rng = np.random.default_rng(seed)
+        kspace, used = augment_acquisition(image, maps, rng, noisy)
+        clean, _ = augment_acquisition(image, maps, np.random.default_rng(seed), settings(acquisition=1))
+        coil_images = np.fft.ifft2(np.fft.ifftshift(clean, axes=(-2, -1)), norm="ortho")
+        peak = np.abs(coil_images).max()
+        noise = kspace - clean
+        levels.append(np.sqrt(np.mean(np.abs(noise) ** 2)) / peak)
+        # Estimated maps: zero outside the object's low-resolution support, rss one inside.
+        rss = np.sqrt((np.abs(used) ** 2).sum(0))
+        assert np.all((np.abs(rss - 1) < 1e-4) | (rss == 0)) and 0.2 < (rss > 0).mean() < 0.9
+    levels = np.array(levels)
+    assert levels.max() <= 0.03 * 1.1  # never above `noise` × the brightest coil image
+    assert (levels == 0).sum() >= 1 and (levels > 0.001).sum() >= 6  # none with probability 1/4, log-uniform else
 
 
 def test_phase_is_smooth_and_magnitude_unchanged():
