@@ -138,8 +138,8 @@ def main(argv=None) -> int:
     parser.add_argument("--calibrate", action="store_true",
                         help="calibrate the diffusion methods' error maps on 2 validation slices first (slower)")
     parser.add_argument("--slices", type=int, default=1,
-                        help="test slices per set (default 1, which keeps the demo near 5 minutes on a 2-core CPU; "
-                             "0: all four of each set, about 20 minutes)")
+                        help="test slices per set (default 1: about 11 minutes on a quiet 2-core CPU; 0: all four of "
+                             "each set, about four times as long)")
     args = parser.parse_args(argv)
     args.out = args.out or default_out(args.fast, args.slices, args.calibrate)
     absl_logging.set_verbosity(absl_logging.WARNING)
