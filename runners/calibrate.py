@@ -22,6 +22,7 @@ import logging
 import os
 
 from runners import uncertainty
+from runners.distributed import launch_rank
 from runners.first_use import prepare_data
 from runners.outputs import mat_path, read_rows
 from runners.reconstruct import reconstruct
@@ -40,7 +41,7 @@ def calibrate(config, workdir: str, num_slices: int = 2) -> dict | None:
     config.sampling.max_slices = num_slices
     prepare_data([config.data.eval_root], config.data.image_size)
     out = reconstruct(config, workdir, split="eval")["folder"]
-    if int(os.environ.get("RANK", "0")) != 0:
+    if launch_rank() != 0:
         return None
     rows = read_rows(os.path.join(out, "metrics.csv"))
     slices = uncertainty.read_maps(out, rows, mat_path)

@@ -26,6 +26,12 @@ class Dist:
         return self.rank == 0
 
 
+def launch_rank() -> int:
+    """This process's rank as `torchrun` launched it (0 without torchrun), also outside the process group, e.g.
+    after a runner has left it."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def init_distributed(config, timeout: datetime.timedelta | None = None) -> Dist:
     """Resolve `config.device`; under `torchrun` (WORLD_SIZE > 1) join the process group (NCCL on CUDA, with this
     process on `cuda:<LOCAL_RANK>`; gloo on the CPU) whose collectives wait up to `timeout` (None: torch's default)."""
