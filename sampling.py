@@ -41,7 +41,8 @@ import torch
 from tqdm.auto import trange
 
 from utils.common import Registry, append_dims, check_setting, derived_seed, finite_above, finite_at_least
-from utils.mri import batch_dot, c2r, r2c, safe_div, sense_adjoint, sense_forward, sense_normal
+from utils.mri import (batch_dot, c2r, r2c, recentre, safe_div, sense_adjoint, sense_normal, uncentre,
+                       uncentre_mask)
 from utils.noise import noise_sigma
 
 PREDICTORS = Registry("predictor")
@@ -75,6 +76,10 @@ class Measurements:
     def __init__(self, y, csm, mask, *, noise_aware: bool = False, dc_scale: float = 1.0, discrepancy: float = 1.0):
         self.y, self.csm, self.mask = y * mask, csm, mask
         self.aty = sense_adjoint(y, csm, mask)
+        # The solver's copies in FFT order (`ifftshift` over both image and k-space axes): the centred transforms'
+        # shifts are permutations, so `A` in these coordinates is `M' F (S' x')` without a shift per iteration, and
+        # norms and inner products are unchanged.
+        self._y, self._csm, self._mask = uncentre(self.y), uncentre(csm), uncentre_mask(mask)
         self.dc_scale, self.sigma, self.target = dc_scale, None, None
         if noise_aware:
             self.sigma = noise_sigma(y, csm, mask)
@@ -91,18 +96,21 @@ class Measurements:
         `iters` conjugate-gradient steps on the correction `x − x₀` from 0; with `noise_aware` a sample stops as
         soon as its data residual reaches `τ σ̂ √m` (checked before every step, so data already fitting within
         the noise leave `x₀` unchanged)."""
-        image = r2c(x0)
+        image = uncentre(r2c(x0))
         lamda = append_dims(torch.as_tensor(lamda, dtype=x0.dtype, device=x0.device).expand(x0.shape[0]), x0.ndim)
-        misfit = sense_forward(image, self.csm, self.mask) - self.y  # A x − y, updated with the correction
-        r = -sense_adjoint(misfit, self.csm, self.mask)
+        misfit = self._forward(image) - self._y  # A x − y, updated with the correction
+        r = -self._adjoint(misfit)
         p, rr = r, batch_dot(r, r)
         correction = torch.zeros_like(image)
         for _ in range(iters):
-            forward_p = sense_forward(p, self.csm, self.mask)
-            normal_p = sense_adjoint(forward_p, self.csm, self.mask) + lamda * p
+            forward_p = self._forward(p)
+            normal_p = self._adjoint(forward_p) + lamda * p
             alpha = safe_div(rr, batch_dot(p, normal_p))
             if self.target is not None:
-                alpha = alpha * (_norm(misfit) > self.target)
+                unfitted = _norm(misfit) > self.target
+                if not unfitted.any():
+                    break  # every sample fits within the noise: the remaining steps would not move it
+                alpha = alpha * unfitted
             alpha = append_dims(alpha, x0.ndim)
             correction = correction + alpha * p
             misfit = misfit + alpha * forward_p
@@ -110,7 +118,13 @@ class Measurements:
             rr_next = batch_dot(r, r)
             p = r + append_dims(safe_div(rr_next, rr), x0.ndim) * p
             rr = rr_next
-        return c2r(image + correction)
+        return c2r(recentre(image + correction))
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._mask * torch.fft.fft2(self._csm * x, norm="ortho")
+
+    def _adjoint(self, k: torch.Tensor) -> torch.Tensor:
+        return torch.sum(self._csm.conj() * torch.fft.ifft2(self._mask * k, norm="ortho"), dim=1, keepdim=True)
 
 
 def measurements(settings: "Clean", y, csm, mask) -> Measurements:
