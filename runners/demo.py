@@ -138,7 +138,7 @@ def main(argv=None) -> int:
     parser.add_argument("--calibrate", action="store_true",
                         help="calibrate the diffusion methods' error maps on 2 validation slices first (slower)")
     parser.add_argument("--slices", type=int, default=1,
-                        help="test slices per set (default 1: about 11 minutes on a quiet 2-core CPU; 0: all four of "
+                        help="test slices per set (default 1: 4 to 10 minutes on a quiet 2-core CPU; 0: all four of "
                              "each set, about four times as long)")
     args = parser.parse_args(argv)
     args.out = args.out or default_out(args.fast, args.slices, args.calibrate)
