@@ -215,7 +215,7 @@ def run_row(row: str, accelerations, methods, heads, out: str, max_slices: int =
             config = method_config(method, row, folders, "test", acc, out, lam, max_slices)
             summary = reconstruct(config, out)
             entry[method] = {"psnr": summary["psnr"], "ssim": summary["ssim"], "folder": config.sampling.output_dir,
-                             "seconds_per_slice": summary["seconds_per_slice"]}
+                             "seconds_per_slice": summary["seconds_per_slice"], "n_slices": summary["n_slices"]}
             if lam is not None:
                 entry[method]["lambda"] = lam
         results.append(with_margin(entry))
@@ -226,7 +226,9 @@ def run_row(row: str, accelerations, methods, heads, out: str, max_slices: int =
 def with_margin(entry: dict) -> dict:
     """`entry` with `worst_margin`, the smallest per-slice PSNR margin of HFS-SDE over ℓ1-wavelet, when it has both."""
     if "hfssde" in entry and "l1wavelet" in entry:
-        margin = per_slice_psnr(entry["hfssde"]["folder"]) - per_slice_psnr(entry["l1wavelet"]["folder"])
+        hfs, l1 = per_slice_psnr(entry["hfssde"]["folder"]), per_slice_psnr(entry["l1wavelet"]["folder"])
+        n = min(len(hfs), len(l1))  # the same slices in the same order; a run with more may have been merged
+        margin = hfs[:n] - l1[:n]
         entry["worst_margin"] = float(margin.min())
     return entry
 
@@ -251,12 +253,21 @@ def format_table(entries: list[dict], methods, header: bool = True) -> str:
         lines += [f"| row | acc | noise× | σ̂/σ | {cols} | HFS − ℓ1 (mean / worst slice) |",
                   "|" + "---|" * (len(methods) + 5)]
     for e in entries:
-        cells = [f"{e[m]['psnr']:.2f} / {e[m]['ssim']:.3f}" if m in e else "–" for m in methods]
+        cells = [f"{e[m]['psnr']:.2f} / {e[m]['ssim']:.3f}{slice_note(e, m)}" if m in e else "–" for m in methods]
         margin = (f"{e['hfssde']['psnr'] - e['l1wavelet']['psnr']:+.2f} / {e['worst_margin']:+.2f}"
                   if "worst_margin" in e else "–")
         lines.append(f"| {e['row']} | {e['acc']}× | {e['noise_amplification']:.1f} | {e['sigma_ratio']:.2f} | "
                      + " | ".join(cells) + f" | {margin} |")
     return "\n".join(lines)
+
+
+def slice_note(entry: dict, method: str) -> str:
+    """` (n slices)` after a cell whose mean is over fewer or more test slices than the row's most common count (runs
+    with other `--max-slices` merged into one row), else ''."""
+    counts = [entry[m].get("n_slices") for m in METHODS if m in entry]
+    n = entry[method].get("n_slices")
+    usual = max(set(counts), key=counts.count)
+    return "" if n == usual else f" ({n} slice{'s' if n != 1 else ''})"
 
 
 def save_figure(entries: list[dict], path: str) -> None:

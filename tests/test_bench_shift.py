@@ -1,0 +1,27 @@
+"""The shift benchmark's table (bench/bench_shift.py): rows merged from runs over different numbers of slices."""
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
+import bench_shift  # noqa: E402
+
+
+def metrics_folder(path, psnrs):
+    os.makedirs(path)
+    with open(os.path.join(path, "metrics.csv"), "w") as f:
+        f.write("fname,slice,psnr\n" + "".join(f"test,{i},{p}\n" for i, p in enumerate(psnrs)))
+    return str(path)
+
+
+def test_a_row_merged_from_runs_over_other_slice_counts_says_so(tmp_path):
+    entry = {"row": "fastmri", "acc": 8, "noise_amplification": 9.2, "sigma_ratio": 1.1}
+    for method, psnrs in (("l1wavelet", [30.0, 29.0, 28.0]), ("hfssde", [32.0, 30.5, 31.0]),
+                          ("hfssde-pc", [27.0])):
+        folder = metrics_folder(tmp_path / method, psnrs)
+        entry[method] = {"psnr": sum(psnrs) / len(psnrs), "ssim": 0.9, "folder": folder, "n_slices": len(psnrs)}
+    entry = bench_shift.with_margin(entry)
+    assert entry["worst_margin"] == 1.5  # over the three slices both methods have
+    line = bench_shift.format_table([entry], ["l1wavelet", "hfssde", "hfssde-pc"], header=False)
+    assert "27.00 / 0.900 (1 slice)" in line and "29.00 / 0.900 |" in line and "31.17 / 0.900 |" in line
+    merged = bench_shift.merge_results(str(tmp_path / "results.json"), [entry])
+    assert merged == [entry]
