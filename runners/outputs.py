@@ -35,7 +35,9 @@ from utils.figures import save_panel
 FIELDS = ["fname", "slice", "nmse", "psnr", "ssim", "nmse_published", "psnr_published", "ssim_published",
           "zf_nmse", "zf_psnr", "zf_ssim", "residual", "zf_residual", "flagged", "seconds", "nfe"]
 # Columns of slices reconstructed with several posterior samples (utils/metrics.calibration); empty otherwise.
-POSTERIOR_FIELDS = ("std_rank_corr", "coverage_2std")
+# With K > 1 posterior samples: the std map's calibration columns, and the metrics of sample 0 alone (the single
+# reconstruction with the slice's seed, sampling.posterior_seeds), which show what the mean of K adds.
+POSTERIOR_FIELDS = ("std_rank_corr", "coverage_2std", "sample_nmse", "sample_psnr", "sample_ssim")
 # Columns that a slice has where they apply: the posterior ones, then the error map's and warnings'.
 OPTIONAL_FIELDS = POSTERIOR_FIELDS + uncertainty.FIELDS
 _INTEGERS = ("slice", "flagged", "nfe", "warn")
@@ -50,7 +52,8 @@ def mat_path(out: str, fname: str, index: int) -> str:
 def write_slice(out: str, fname: str, index: int, recon: np.ndarray, zero_filled: np.ndarray, truth: np.ndarray,
                 row: dict, title: str, arrays: dict[str, np.ndarray] | None = None) -> None:
     """`recon_<file>_<slice>.mat` (complex `[H, W]` images and the `arrays` there are: `std`, the pixelwise std of
-    the posterior samples' magnitudes, the complex `samples` `[K, H, W]`, the error map `error_std`, its noise part
+    the posterior samples' magnitudes, the complex `sample` 0 `[H, W]` and all `samples` `[K, H, W]`, the error map
+    `error_std`, its noise part
     `noise_std` and the warning's `baseline` image, runners/uncertainty.py) and the `<file>_<slice>.png` panel of the
     magnitudes scored in `row` (plus the error map, or the samples' std), the reconstruction titled `title`."""
     arrays = arrays or {}

@@ -5,14 +5,16 @@ Outputs, in one folder per result identity (`sampling.output_dir`, or
 `<workdir>/<sampling.folder>/samples/<prefix>_<hash>`, runners/identity.py: the prefix names test set, mask,
 method, SDE and steps; the hash covers every setting, the checkpoint's content, the data files and the slices):
     recon_<file>_<slice>.mat   keys recon, zero_filled, ground_truth (complex [H, W]) — one per slice; with an
-                               error map (runners/uncertainty.py) also error_std, noise_std and the baseline image
+                               error map (runners/uncertainty.py) also error_std, noise_std and the baseline image;
+                               with K > 1 samples std and sample (sample 0), with save_samples all samples
     <file>_<slice>.png         zero-filled | reconstruction (titled with SDE, sampler and steps) | ground truth |
                                |error| with its scale (| the predicted error std); the images scored, PSNR/SSIM
                                (fastMRI convention) in the titles
     <file>.h5                  fastMRI-style `reconstruction` [slices, H, W] (magnitude, float32) and `slices`
     metrics.csv                one row per slice (`reconstructor.score_slice`): both metric conventions
                                (utils/metrics.py), the data residuals, `flagged`, seconds, NFE; the error map's
-                               columns and `warn` (`uncertainty.slice_columns`)
+                               columns and `warn` (`uncertainty.slice_columns`); with K > 1 samples the
+                               metrics of sample 0 alone (`sample_nmse`, `sample_psnr`, `sample_ssim`)
     volumes.csv                fastMRI per-volume metrics
     summary.json               means over slices, flagged and warned slices, NFE, seconds per slice, method, mask,
                                identity; with error maps the reliability diagram's numbers
@@ -59,7 +61,7 @@ import datasets
 from runners import build, folders, outputs, uncertainty
 from runners.distributed import Dist, from_rank0, init_distributed
 from runners.reconstructor import (FLAG_FACTOR, FLAG_MARGIN, Reconstructor, apply_tuned, data_residual, datashift,
-                                   input_folders, object_support, score_slice, slice_seed)
+                                   input_folders, object_support, sample_scores, score_slice, slice_seed)
 from utils.figures import save_reliability
 from utils.mri import sense_adjoint
 
@@ -123,6 +125,9 @@ def reconstruct_loader(config, reconstructor: Reconstructor, loader, mask, recor
             row = {"fname": fname, "slice": index,
                    **score_slice(*magnitudes, residuals[j], zf_residuals[j], arrays.get("std"), on_support),
                    **columns, "seconds": seconds, "nfe": nfe}
+            if std is not None:
+                arrays["sample"] = samples[j, 0].cpu().numpy()
+                row.update(sample_scores(np.abs(arrays["sample"]), magnitudes[2], on_support))
             if error_std is not None:
                 arrays["error_std"] = error_std.astype(np.float32)
             if "var_noise" in error_maps:

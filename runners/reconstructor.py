@@ -215,6 +215,13 @@ def object_support(truth: np.ndarray) -> np.ndarray:
     return binary_fill_holes(truth > 0.02 * truth.max())
 
 
+def sample_scores(sample: np.ndarray, truth: np.ndarray, on_support: bool = False) -> dict:
+    """`sample_nmse`, `sample_psnr`, `sample_ssim`: the metrics of one posterior sample's magnitude `[H, W]` in the
+    convention of `score_slice`."""
+    scores = metrics.evaluate(truth, sample, support=object_support(truth) if on_support else None)
+    return {f"sample_{k}": scores[k] for k in ("nmse", "psnr", "ssim")}
+
+
 def score_slice(recon: np.ndarray, zero_filled: np.ndarray, truth: np.ndarray, residual: float, zf_residual: float,
                 std: np.ndarray | None = None, on_support: bool = False) -> dict:
     """The metrics of one slice from its magnitude images `[H, W]`: both conventions of the reconstruction

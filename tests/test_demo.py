@@ -12,13 +12,19 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_demo_fast_runs_every_method(tmp_path, capsys):
-    assert demo.main(["--fast", "--out", str(tmp_path)]) == 0
+    assert demo.main(["--fast", "--out", str(tmp_path), "--sets", "brain", "phantom"]) == 0
     rows = json.load(open(tmp_path / "summary.json"))
     methods = {"zero-filled", "CG-SENSE", "L1-wavelet", "VP-SDE", "HFS-SDE", "HFS-SDE fast"}
     for name, accelerations in (("brain", {4, 8, 10}), ("phantom", {4, 8})):
         assert {r["method"] for r in rows if r["set"] == name} == methods
         assert {r["acc"] for r in rows if r["set"] == name} == accelerations
         assert (tmp_path / f"comparison_{name}_acc4.png").stat().st_size > 1000
+    # The fast row is sample 0 of the HFS-SDE run, scored alone: a quarter of its evaluations and time.
+    by_key = {(r["set"], r["method"], r["acc"]): r for r in rows}
+    hfs, fast = by_key[("brain", "HFS-SDE", 8)], by_key[("brain", "HFS-SDE fast", 8)]
+    assert hfs["num_samples"] == 4 and fast["nfe"] * 4 == hfs["nfe"]
+    assert fast["psnr"] == hfs["sample_psnr"] and fast["folder"] == hfs["folder"]
+    assert fast["seconds_per_slice"] == pytest.approx(hfs["seconds_per_slice"] / 4)
     assert "| 4× | HFS-SDE |" in capsys.readouterr().out
     # A folder of another setting (here: other slices) is one line, not a traceback.
     setting = tmp_path / "brain" / "acc4" / "zero_filled" / "setting.json"
@@ -84,9 +90,10 @@ def summary(folder) -> dict:
 
 @pytest.mark.slow
 def test_demo_matches_the_documented_tables(tmp_path):
-    """`bash test_fastMRI.sh demo` against demo/README.md and README.md's Quick start; then `--slices 0 --sets brain`
-    (its own folders, as by default) against README.md's brain table."""
-    demo.main(["--out", str(tmp_path)])
+    """`bash test_fastMRI.sh demo --sets brain phantom` (the default demo is its brain half) against demo/README.md
+    and README.md's Quick start; then `--slices 0 --sets brain` (its own folders, as by default) against README.md's
+    brain table."""
+    demo.main(["--out", str(tmp_path), "--sets", "brain", "phantom"])
     rows = summary(tmp_path)
     assert rows[("phantom", "HFS-SDE", 4)]["psnr"] >= rows[("phantom", "zero-filled", 4)]["psnr"] + 3
     assert_matches(rows, documented_psnr(), "demo/README.md")

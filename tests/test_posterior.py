@@ -106,9 +106,17 @@ def test_reconstruction_outputs_hold_mean_std_samples_and_calibration(tmp_path):
     assert "std_rank_corr" in header and "coverage_2std" in header
     single = demo_config(1)
     single.sampling.max_slices, single.sampling.output_dir = 1, str(tmp_path / "k1")
-    assert "coverage_2std" not in reconstruct(single, str(tmp_path))
-    assert "std" not in scipy.io.loadmat(tmp_path / "k1" / "recon_phantom_test_0000_0.mat")
+    alone = reconstruct(single, str(tmp_path))
+    assert "coverage_2std" not in alone and "sample_psnr" not in alone
+    k1 = scipy.io.loadmat(tmp_path / "k1" / "recon_phantom_test_0000_0.mat")
+    assert "std" not in k1 and "sample" not in k1
     assert json.load(open(tmp_path / "k1" / "summary.json"))["num_samples"] == 1
+    # Sample 0 of the K = 2 run is the single reconstruction, and its own metrics are kept beside the mean's.
+    np.testing.assert_array_equal(mat["sample"], mat["samples"][0])
+    np.testing.assert_allclose(mat["sample"], k1["recon"], atol=1e-4 * np.abs(k1["recon"]).max())
+    assert "sample_psnr" in header and "sample_ssim" in header
+    assert summary["sample_psnr"] == pytest.approx(alone["psnr"], abs=0.01)
+    assert summary["sample_ssim"] == pytest.approx(alone["ssim"], abs=1e-4)
 
 
 def test_baselines_give_one_image_whatever_num_samples_says(slices):
