@@ -93,28 +93,35 @@ class Measurements:
 
     def solve(self, x0: torch.Tensor, lamda, iters: int) -> torch.Tensor:
         """`argmin ‖A x − y‖² + λ‖x − x₀‖²` for a real `[B, 2, H, W]` estimate `x₀` (λ a float or `[B]`), by at most
-        `iters` conjugate-gradient steps on the correction `x − x₀` from 0; with `noise_aware` a sample stops as
+        `iters` conjugate-gradient steps on the correction `c = x − x₀` from 0; with `noise_aware` a sample stops as
         soon as its data residual reaches `τ σ̂ √m` (checked before every step, so data already fitting within
-        the noise leave `x₀` unchanged)."""
+        the noise leave `x₀` unchanged).
+
+        CG on `(AᴴA + λ) c = Aᴴ(y − A x₀)` keeps the residual `r = −Aᴴm − λc` of the misfit `m = A(x₀ + c) − y`, so
+        the misfit's norm follows from image-domain products alone: `‖m + αAp‖² = ‖m‖² + 2α Re⟨Aᴴm, p⟩ + α²‖Ap‖²`
+        with `Aᴴm = −r − λc` and `‖Ap‖² = Re⟨p, AᴴAp⟩` (one normal operator per step, no k-space update)."""
         image = uncentre(r2c(x0))
-        lamda = append_dims(torch.as_tensor(lamda, dtype=x0.dtype, device=x0.device).expand(x0.shape[0]), x0.ndim)
-        misfit = self._forward(image) - self._y  # A x − y, updated with the correction
-        r = -self._adjoint(misfit)
+        lamda = torch.as_tensor(lamda, dtype=x0.dtype, device=x0.device).expand(x0.shape[0])
+        lamda_image = append_dims(lamda, x0.ndim)
+        misfit = self._forward(image) - self._y
+        misfit_sq, r = batch_dot(misfit, misfit), -self._adjoint(misfit)
         p, rr = r, batch_dot(r, r)
         correction = torch.zeros_like(image)
         for _ in range(iters):
-            forward_p = self._forward(p)
-            normal_p = self._adjoint(forward_p) + lamda * p
-            alpha = safe_div(rr, batch_dot(p, normal_p))
             if self.target is not None:
-                unfitted = _norm(misfit) > self.target
+                unfitted = misfit_sq > self.target ** 2
                 if not unfitted.any():
                     break  # every sample fits within the noise: the remaining steps would not move it
+            data_p = self._adjoint(self._forward(p))
+            data_pp = batch_dot(p, data_p)
+            alpha = safe_div(rr, data_pp + lamda * batch_dot(p, p))
+            if self.target is not None:
                 alpha = alpha * unfitted
-            alpha = append_dims(alpha, x0.ndim)
-            correction = correction + alpha * p
-            misfit = misfit + alpha * forward_p
-            r = r - alpha * normal_p
+                misfit_sq = (misfit_sq - 2 * alpha * batch_dot(r + lamda_image * correction, p)
+                             + alpha ** 2 * data_pp).clamp_min(0)
+            step = append_dims(alpha, x0.ndim)
+            correction = correction + step * p
+            r = r - step * (data_p + lamda_image * p)
             rr_next = batch_dot(r, r)
             p = r + append_dims(safe_div(rr_next, rr), x0.ndim) * p
             rr = rr_next

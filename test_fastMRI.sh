@@ -4,14 +4,15 @@
 #   bash test_fastMRI.sh hfssde|vp|ve [config name] [extra main.py flags]
 #       config name: a file of configs/<method>/ (default ddpm_continuous), e.g. phantom_demo
 #       flags, e.g.: --config.sampling.folder=<run> --config.sampling.ckpt=190 --config.sampling.acc=4
-#   bash test_fastMRI.sh demo [--fast]      the bundled phantom demo: HFS-SDE, VP-SDE and baselines at 4x and 8x
+#   bash test_fastMRI.sh demo [--fast] [--sets brain phantom] [--slices 0]
+#       the bundled demo (runners/demo.py): HFS-SDE, VP-SDE and the baselines on a held-out brain slice at 4x, 8x, 10x
 set -euo pipefail
 cd "$(dirname "$0")"
 source utils/config_path.sh
 
 usage() {
   echo "usage: bash test_fastMRI.sh hfssde|vp|ve [config name] [--config.<group>.<key>=<value> ...]" >&2
-  echo "       bash test_fastMRI.sh demo [--fast]" >&2
+  echo "       bash test_fastMRI.sh demo [--fast] [--sets brain phantom] [--slices 0]" >&2
   exit 2
 }
 

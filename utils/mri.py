@@ -119,7 +119,7 @@ def crop_kspace(kspace: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 def batch_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Real part of the per-sample inner product `Re⟨a, b⟩ = Re Σ conj(a) b` over all but dim 0: `[B]`."""
-    return torch.sum((a.conj() * b).real, dim=tuple(range(1, a.ndim)))
+    return torch.linalg.vecdot(a.flatten(1), b.flatten(1)).real
 
 
 def safe_div(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
