@@ -160,7 +160,7 @@ def main(argv=None) -> int:
     parser.add_argument("--calibrate", action="store_true",
                         help="calibrate the diffusion methods' error maps on 2 validation slices first (slower)")
     parser.add_argument("--slices", type=int, default=1,
-                        help="test slices per set (default 1: 2 to 6 minutes for the brain set on a quiet 2-core "
+                        help="test slices per set (default 1: 2 to 5 minutes for the brain set on a quiet 2-core "
                              "CPU; 0: all four of each set, about four times as long)")
     args = parser.parse_args(argv)
     args.out = args.out or default_out(args.fast, args.slices, args.calibrate)
