@@ -41,8 +41,7 @@ import torch
 from tqdm.auto import trange
 
 from utils.common import Registry, append_dims, check_setting, derived_seed, finite_above, finite_at_least
-from utils.mri import (batch_dot, c2r, r2c, recentre, safe_div, sense_adjoint, sense_normal, uncentre,
-                       uncentre_mask)
+from utils.mri import batch_dot, c2r, r2c, safe_div, sense_adjoint, sense_forward, sense_normal
 from utils.noise import noise_sigma
 
 PREDICTORS = Registry("predictor")
@@ -76,10 +75,6 @@ class Measurements:
     def __init__(self, y, csm, mask, *, noise_aware: bool = False, dc_scale: float = 1.0, discrepancy: float = 1.0):
         self.y, self.csm, self.mask = y * mask, csm, mask
         self.aty = sense_adjoint(y, csm, mask)
-        # The solver's copies in FFT order (`ifftshift` over both image and k-space axes): the centred transforms'
-        # shifts are permutations, so `A` in these coordinates is `M' F (S' x')` without a shift per iteration, and
-        # norms and inner products are unchanged.
-        self._y, self._csm, self._mask = uncentre(self.y), uncentre(csm), uncentre_mask(mask)
         self.dc_scale, self.sigma, self.target = dc_scale, None, None
         if noise_aware:
             self.sigma = noise_sigma(y, csm, mask)
@@ -100,11 +95,11 @@ class Measurements:
         CG on `(AᴴA + λ) c = Aᴴ(y − A x₀)` keeps the residual `r = −Aᴴm − λc` of the misfit `m = A(x₀ + c) − y`, so
         the misfit's norm follows from image-domain products alone: `‖m + αAp‖² = ‖m‖² + 2α Re⟨Aᴴm, p⟩ + α²‖Ap‖²`
         with `Aᴴm = −r − λc` and `‖Ap‖² = Re⟨p, AᴴAp⟩` (one normal operator per step, no k-space update)."""
-        image = uncentre(r2c(x0))
+        image = r2c(x0)
         lamda = torch.as_tensor(lamda, dtype=x0.dtype, device=x0.device).expand(x0.shape[0])
         lamda_image = append_dims(lamda, x0.ndim)
-        misfit = self._forward(image) - self._y
-        misfit_sq, r = batch_dot(misfit, misfit), -self._adjoint(misfit)
+        misfit = sense_forward(image, self.csm, self.mask) - self.y
+        misfit_sq, r = batch_dot(misfit, misfit), -sense_adjoint(misfit, self.csm, self.mask)
         p, rr = r, batch_dot(r, r)
         correction = torch.zeros_like(image)
         for _ in range(iters):
@@ -112,7 +107,7 @@ class Measurements:
                 unfitted = misfit_sq > self.target ** 2
                 if not unfitted.any():
                     break  # every sample fits within the noise: the remaining steps would not move it
-            data_p = self._adjoint(self._forward(p))
+            data_p = sense_normal(p, self.csm, self.mask)
             data_pp = batch_dot(p, data_p)
             alpha = safe_div(rr, data_pp + lamda * batch_dot(p, p))
             if self.target is not None:
@@ -125,13 +120,7 @@ class Measurements:
             rr_next = batch_dot(r, r)
             p = r + append_dims(safe_div(rr_next, rr), x0.ndim) * p
             rr = rr_next
-        return c2r(recentre(image + correction))
-
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._mask * torch.fft.fft2(self._csm * x, norm="ortho")
-
-    def _adjoint(self, k: torch.Tensor) -> torch.Tensor:
-        return torch.sum(self._csm.conj() * torch.fft.ifft2(self._mask * k, norm="ortho"), dim=1, keepdim=True)
+        return c2r(image + correction)
 
 
 def measurements(settings: "Clean", y, csm, mask) -> Measurements:

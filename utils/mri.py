@@ -57,16 +57,6 @@ def sense_adjoint(y: torch.Tensor, csm: torch.Tensor, mask: torch.Tensor) -> tor
     return torch.sum(csm.conj() * ifft2c(mask * y), dim=1, keepdim=True)
 
 
-def uncentre(x: torch.Tensor) -> torch.Tensor:
-    """`ifftshift` over the last two dimensions: a centred image or k-space in FFT order (inverse: `recentre`)."""
-    return torch.fft.ifftshift(x, dim=_DIMS)
-
-
-def recentre(x: torch.Tensor) -> torch.Tensor:
-    """`fftshift` over the last two dimensions: the inverse of `uncentre`."""
-    return torch.fft.fftshift(x, dim=_DIMS)
-
-
 def uncentre_mask(mask: torch.Tensor) -> torch.Tensor:
     """`ifftshift` of a centred k-space mask over its last two (or only) dimensions: the mask in FFT order."""
     if not isinstance(mask, torch.Tensor) or mask.numel() == 1:
