@@ -18,8 +18,9 @@ Each row gets its own validation and test volumes (`<out>/data/<row>/`).
 
 Per row and acceleration (uniform masks, 24 ACS lines): zero-filled, CG-SENSE, ℓ1-wavelet with λ chosen on the
 row's validation slices (PSNR-best of `L1_GRID`), VP-SDE and HFS-SDE with the brain demo configs' default sampler,
-and HFS-SDE with the published PC sampler (`hfssde-pc`: 100 steps, one sample, the same budget), all through the reconstruction harness
-(runners/reconstruct.py, so every output and per-slice metric is kept in `<out>/<row>/acc<R>/<method>/`). Each
+HFS-SDE with the published PC sampler (`hfssde-pc`: 100 steps, one sample, the same budget), and both networks
+fine-tuned with a randomised acquisition under the default sampler (`hfssde-acq`, `vpsde-acq`; demo/README.md), all
+through the reconstruction harness (runners/reconstruct.py, so every output and per-slice metric is kept in `<out>/<row>/acc<R>/<method>/`). Each
 row also reports why it is hard: `noise×`, the CG-SENSE noise amplification (rms of the CG-SENSE reconstruction of
 white k-space noise over that of the fully sampled coil combination, on the coil-map support, mean over the test
 slices: the mean g-factor times √R), and `σ̂/σ`, the noise level the samplers estimate against the true one.
@@ -74,9 +75,11 @@ ROWS = {
 ACCELERATIONS = (4, 8, 10)
 L1_GRID = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
 PC_STEPS = 100  # the published PC sampler's 100 steps: 200 network evaluations, the demo sampler's budget
-METHODS = ("zero_filled", "sense", "l1wavelet", "vpsde", "hfssde", "hfssde-pc")
+# The networks fine-tuned with a randomised acquisition (demo/README.md), with the demo configs' default sampler
+ACQUISITION_WEIGHTS = {"vpsde-acq": "demo/vpsde_brain_acq_demo.pth", "hfssde-acq": "demo/hfssde_brain_acq_demo.pth"}
+METHODS = ("zero_filled", "sense", "l1wavelet", "vpsde", "hfssde", "hfssde-pc", *ACQUISITION_WEIGHTS)
 LABELS = {"zero_filled": "zero-filled", "sense": "CG-SENSE", "l1wavelet": "ℓ1-wavelet", "vpsde": "VP-SDE",
-          "hfssde": "HFS-SDE", "hfssde-pc": "HFS-SDE PC"}
+          "hfssde": "HFS-SDE", "hfssde-pc": "HFS-SDE PC", "vpsde-acq": "VP-SDE acq.", "hfssde-acq": "HFS-SDE acq."}
 
 
 # --- anatomy -------------------------------------------------------------------------------------------------------
@@ -174,8 +177,9 @@ def true_sigma(row: str) -> float:
 
 def method_config(method: str, row: str, folders: dict[str, str], split: str, acc: int, out: str, l1_lambda=None,
                   max_slices: int = 0):
-    config = (vp_brain if method == "vpsde" else hfs_brain)()
+    config = (vp_brain if method.startswith("vpsde") else hfs_brain)()
     s = config.sampling
+    s.checkpoint = ACQUISITION_WEIGHTS.get(method, s.checkpoint)
     if method in BASELINES.names():
         s.method, s.num_samples = method, 1
     if method == "hfssde-pc":
@@ -264,8 +268,10 @@ def format_table(entries: list[dict], methods, header: bool = True) -> str:
 def slice_note(entry: dict, method: str) -> str:
     """` (n slices)` after a cell whose mean is over fewer or more test slices than the row's most common count (runs
     with other `--max-slices` merged into one row), else ''."""
-    counts = [entry[m].get("n_slices") for m in METHODS if m in entry]
+    counts = [entry[m]["n_slices"] for m in METHODS if entry.get(m, {}).get("n_slices") is not None]
     n = entry[method].get("n_slices")
+    if n is None:  # an entry written before slice counts were kept
+        return ""
     usual = max(set(counts), key=counts.count)
     return "" if n == usual else f" ({n} slice{'s' if n != 1 else ''})"
 

@@ -25,3 +25,14 @@ def test_a_row_merged_from_runs_over_other_slice_counts_says_so(tmp_path):
     assert "27.00 / 0.900 (1 slice)" in line and "29.00 / 0.900 |" in line and "31.17 / 0.900 |" in line
     merged = bench_shift.merge_results(str(tmp_path / "results.json"), [entry])
     assert merged == [entry]
+
+
+
+def test_cells_of_entries_without_slice_counts_carry_no_note():
+    """Entries of a results.json written before slice counts were kept, merged with newer ones."""
+    entry = {"row": "project", "acc": 8, "noise_amplification": 8.8, "sigma_ratio": 1.4,
+             "l1wavelet": {"psnr": 32.0, "ssim": 0.88}, "hfssde": {"psnr": 34.0, "ssim": 0.96},
+             "hfssde-acq": {"psnr": 34.1, "ssim": 0.96, "n_slices": 3},
+             "vpsde-acq": {"psnr": 33.9, "ssim": 0.95, "n_slices": 3}}
+    line = bench_shift.format_table([entry], ["l1wavelet", "hfssde", "hfssde-acq", "vpsde-acq"], header=False)
+    assert "slice" not in line and "32.00 / 0.880 | 34.00 / 0.960 | 34.10 / 0.960 | 33.90 / 0.950 |" in line
