@@ -20,8 +20,8 @@ Per row and acceleration (uniform masks, 24 ACS lines): zero-filled, CG-SENSE, �
 row's validation slices (PSNR-best of `L1_GRID`), VP-SDE and HFS-SDE with the brain demo configs' default sampler,
 HFS-SDE with the published PC sampler (`hfssde-pc`: 100 steps, one sample, the same budget), and both networks
 fine-tuned with a randomised acquisition under the default sampler (`hfssde-acq`, `vpsde-acq`; demo/README.md), all
-through the reconstruction harness (runners/reconstruct.py, so every output and per-slice metric is kept in `<out>/<row>/acc<R>/<method>/`). Each
-row also reports why it is hard: `noise×`, the CG-SENSE noise amplification (rms of the CG-SENSE reconstruction of
+through the reconstruction harness (runners/reconstruct.py, so every output and per-slice metric is kept in
+`<out>/<row>/acc<R>/<method>/`). Each row also reports why it is hard: `noise×`, the CG-SENSE noise amplification (rms of the CG-SENSE reconstruction of
 white k-space noise over that of the fully sampled coil combination, on the coil-map support, mean over the test
 slices: the mean g-factor times √R), and `σ̂/σ`, the noise level the samplers estimate against the true one.
 
