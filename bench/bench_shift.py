@@ -8,7 +8,8 @@ networks were not trained with.
 Anatomy (`data/shift_bench/heads.npz`, made by `--make-heads --source <folder with the nilearn and dipy wheels>`):
 validation = the brain set's two validation slices (z = 116, 120 mm of the MNI152 template, with skull and scalp),
 test = a head the project never trained on (the coronal T1 slice shipped with dipy) and the brain set's four test
-slices (z = 74 … 86 mm), in that order, all 128 × 128 magnitudes in [0, 1]. Training used other slabs of the template only, axial, brain-only.
+slices (z = 74 … 86 mm), in that order, all 128 × 128 magnitudes in [0, 1]. Training used other slabs of the
+template only, axial, brain-only.
 
 Rows (`ROWS`): acquisitions made by `data_prepare/simulate_multicoil.py` — the project's own simulator (the one the
 brain set was made with), a fastMRI-like scan (2× readout oversampling cropped in the image domain, 8 birdcage
@@ -21,9 +22,10 @@ row's validation slices (PSNR-best of `L1_GRID`), VP-SDE and HFS-SDE with the br
 HFS-SDE with the published PC sampler (`hfssde-pc`: 100 steps, one sample, the same budget), and both networks
 fine-tuned with a randomised acquisition under the default sampler (`hfssde-acq`, `vpsde-acq`; demo/README.md), all
 through the reconstruction harness (runners/reconstruct.py, so every output and per-slice metric is kept in
-`<out>/<row>/acc<R>/<method>/`). Each row also reports why it is hard: `noise×`, the CG-SENSE noise amplification (rms of the CG-SENSE reconstruction of
-white k-space noise over that of the fully sampled coil combination, on the coil-map support, mean over the test
-slices: the mean g-factor times √R), and `σ̂/σ`, the noise level the samplers estimate against the true one.
+`<out>/<row>/acc<R>/<method>/`). Each row also reports why it is hard: `noise×`, the CG-SENSE noise amplification
+(rms of the CG-SENSE reconstruction of white k-space noise over that of the fully sampled coil combination, on the
+coil-map support, mean over the test slices: the mean g-factor times √R), and `σ̂/σ`, the noise level the samplers
+estimate against the true one.
 
 Prints and writes `<out>/table.md` (mean PSNR / SSIM over the test slices, the worst slice's margin of HFS-SDE over
 ℓ1-wavelet) and `<out>/shift_margin.png`.
