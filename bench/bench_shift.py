@@ -230,7 +230,7 @@ def run_row(row: str, accelerations, methods, heads, out: str, max_slices: int =
 
 
 def with_margin(entry: dict) -> dict:
-    """`entry` with `worst_margin`, the smallest per-slice PSNR margin of HFS-SDE over ℓ1-wavelet, when it has both."""
+    """`entry` plus `worst_margin`: the smallest per-slice PSNR margin of HFS-SDE over ℓ1-wavelet, if it has both."""
     if "hfssde" in entry and "l1wavelet" in entry:
         hfs, l1 = per_slice_psnr(entry["hfssde"]["folder"]), per_slice_psnr(entry["l1wavelet"]["folder"])
         n = min(len(hfs), len(l1))  # the same slices in the same order; a run with more may have been merged
