@@ -27,7 +27,6 @@ def test_a_row_merged_from_runs_over_other_slice_counts_says_so(tmp_path):
     assert merged == [entry]
 
 
-
 def test_cells_of_entries_without_slice_counts_carry_no_note():
     """Entries of a results.json written before slice counts were kept, merged with newer ones."""
     entry = {"row": "project", "acc": 8, "noise_amplification": 8.8, "sigma_ratio": 1.4,
