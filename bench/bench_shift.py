@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import hashlib
 import io
 import json
 import logging
@@ -46,6 +47,7 @@ from dataclasses import replace
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
+import h5py  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from absl import logging as absl_logging  # noqa: E402
@@ -132,10 +134,17 @@ def row_data(out: str, row: str, heads: dict[str, np.ndarray]) -> dict[str, str]
     for index, split in enumerate(("val", "test")):
         folder = os.path.join(out, "data", row, split)
         path = os.path.join(folder, f"{row}_{split}.h5")
-        if not os.path.exists(path):
+        digest = hashlib.sha256(np.ascontiguousarray(heads[split], np.float64).tobytes()).hexdigest()
+        if os.path.exists(path):
+            with h5py.File(path, "r") as f:
+                made_from = f.attrs.get("heads_sha256", digest if len(f["kspace"]) == len(heads[split]) else "")
+            if made_from != digest:
+                raise SystemExit(f"{path} was simulated from other {split} images (another --heads); give another "
+                                 f"--out, or delete {os.path.join(out, 'data', row)} and the row's results")
+        else:
             rng = np.random.default_rng([2026, list(ROWS).index(row), index])
             kspace, maps = simulate_volume(heads[split], rng, ROWS[row])
-            attrs = {"acquisition": repr(ROWS[row])}
+            attrs = {"acquisition": repr(ROWS[row]), "heads_sha256": digest}
             write_maps_file(os.path.join(folder + "_maps", f"{row}_{split}.h5"), maps, attrs=attrs)
             write_kspace_file(path, kspace, acquisition="SHIFT_BENCH", patient_id=row, recon_size=SIZE, attrs=attrs)
         folders[split] = folder
@@ -144,8 +153,6 @@ def row_data(out: str, row: str, heads: dict[str, np.ndarray]) -> dict[str, str]
 
 def noise_figures(folder: str, row: str, acc: int) -> tuple[float, float]:
     """`(noise×, σ̂/σ)` of a row's test volume at one acceleration (module docstring), means over slices."""
-    import h5py  # noqa: PLC0415
-
     with h5py.File(os.path.join(folder, f"{row}_test.h5")) as f:
         kspace = torch.from_numpy(f["kspace"][()])
     with h5py.File(os.path.join(folder + "_maps", f"{row}_test.h5")) as f:

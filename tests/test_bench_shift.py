@@ -35,3 +35,24 @@ def test_cells_of_entries_without_slice_counts_carry_no_note():
              "vpsde-acq": {"psnr": 33.9, "ssim": 0.95, "n_slices": 3}}
     line = bench_shift.format_table([entry], ["l1wavelet", "hfssde", "hfssde-acq", "vpsde-acq"], header=False)
     assert "slice" not in line and "32.00 / 0.880 | 34.00 / 0.960 | 34.10 / 0.960 | 33.90 / 0.950 |" in line
+
+
+def test_a_row_volume_made_from_other_heads_is_refused(tmp_path, monkeypatch):
+    """A row's volumes are simulated once per --out; another set of test images (--heads) must not reuse them."""
+    import numpy as np
+    import pytest
+
+    def simulate(images, rng, acquisition):
+        kspace = rng.standard_normal((len(images), 2, 8, 8)) + 0j
+        return kspace.astype(np.complex64), np.ones_like(kspace, np.complex64)
+
+    monkeypatch.setattr(bench_shift, "simulate_volume", simulate)
+    heads = {"val": np.zeros((2, 8, 8)), "test": np.zeros((3, 8, 8))}
+    folders = bench_shift.row_data(str(tmp_path), "fastmri", heads)
+    assert bench_shift.row_data(str(tmp_path), "fastmri", heads) == folders  # the same images: reused
+    more = {**heads, "test": np.concatenate([heads["test"], np.ones((1, 8, 8))])}
+    with pytest.raises(SystemExit, match="fastmri_test.h5 was simulated from other test images"):
+        bench_shift.row_data(str(tmp_path), "fastmri", more)
+    other = {**heads, "test": np.ones((3, 8, 8))}  # as many slices, other content
+    with pytest.raises(SystemExit, match="another --out"):
+        bench_shift.row_data(str(tmp_path), "fastmri", other)
