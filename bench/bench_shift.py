@@ -63,6 +63,10 @@ from utils.mri import center_crop, conjugate_gradient, crop_kspace, sense_adjoin
 from utils.noise import noise_sigma  # noqa: E402
 
 HEADS = "data/shift_bench/heads.npz"
+# Scanner slices of another contrast than every image above (T2-weighted: bright fluid), for `--heads`: the dipy
+# wheel's b0 volume of a diffusion scan (128², 2 mm; two axial slices) and its anisotropic-voxel volume (58², 4 mm).
+CONTRAST = "data/shift_bench/t2_contrast.npy"
+OTHER_CONTRAST = {"S0_10slices.nii.gz": (4, 6), "aniso_vox.nii.gz": (12, 15)}
 SIZE, ACS = 128, 24
 FASTMRI = ACQUISITIONS["fastmri"]
 ROWS = {
@@ -89,7 +93,8 @@ LABELS = {"zero_filled": "zero-filled", "sense": "CG-SENSE", "l1wavelet": "ℓ1-
 # --- anatomy -------------------------------------------------------------------------------------------------------
 
 def make_heads(source: str, out: str) -> None:
-    """Write `HEADS` from the nilearn wheel (MNI152 template) and the dipy wheel (coronal T1 slice) in `source`."""
+    """Write `HEADS` from the nilearn wheel (MNI152 template) and the dipy wheel (coronal T1 slice) in `source`, and
+    `CONTRAST` from the dipy wheel."""
     from data_prepare import generate_brain_demo as brain  # noqa: PLC0415
     from utils.augment import add_scalp  # noqa: PLC0415
 
@@ -103,15 +108,21 @@ def make_heads(source: str, out: str) -> None:
     wheels = glob.glob(os.path.join(source, "dipy-*.whl"))
     if not wheels:
         raise SystemExit(f"no dipy wheel in {source}: pip download dipy --no-deps --only-binary=:all: -d {source}")
-    with zipfile.ZipFile(wheels[0]) as wheel:
+    with zipfile.ZipFile(wheels[0]) as wheel, tempfile.TemporaryDirectory(prefix="hfs_heads_") as tmp:
         coronal = np.abs(np.load(io.BytesIO(wheel.read("dipy/data/files/t1_coronal_slice.npy"))))
+        contrast = []
+        for name, picked in OTHER_CONTRAST.items():
+            stack, spacing = load_stack(wheel.extract(f"dipy/data/files/{name}", tmp), None)
+            contrast += [fit_to_size(s / s.max(), spacing, SIZE, "fit") for s in np.abs(stack[list(picked)])]
+    np.save(CONTRAST, np.stack(contrast).astype(np.float32))
     coronal = fit_to_size(coronal / coronal.max(), (1.0, 1.0), SIZE, "fit")
     test = np.concatenate([coronal[None], sets["test"]])  # the unseen head first: --max-slices keeps it
     names = ["dipy_coronal_t1"] + [f"mni152_z{z}" for z in brain.split()["test"]]
     os.makedirs(os.path.dirname(out), exist_ok=True)
     np.savez_compressed(out, val=sets["val"].astype(np.float16), test=test.astype(np.float16),
                         test_names=np.array(names), val_names=np.array([f"mni152_z{z}" for z in brain.split()["val"]]))
-    print(f"wrote {out}: {len(sets['val'])} validation and {len(test)} test slices")
+    print(f"wrote {out}: {len(sets['val'])} validation and {len(test)} test slices; {CONTRAST}: {len(contrast)} "
+          f"slices of another contrast (add them with --heads {CONTRAST})")
 
 
 def load_heads(extra: list[str]) -> dict[str, np.ndarray]:

@@ -61,6 +61,8 @@ def load_stack(path: str, axis: int | None) -> tuple[np.ndarray, tuple[float, fl
         data, zooms = np.asarray(volume.get_fdata()), volume.header.get_zooms()[:3]
         if data.ndim == 2:
             data, zooms = data[:, :, None], tuple(zooms[:2]) + (1.0,)
+        if data.ndim == 4 and data.shape[3] == 1:  # one volume of a 4-D series
+            data = data[..., 0]
         if data.ndim != 3:
             raise ValueError(f"a 2-D or 3-D NIfTI volume is needed, got shape {data.shape}")
         axis = 2 if axis is None else axis

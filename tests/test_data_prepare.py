@@ -393,3 +393,18 @@ def test_generate_brain_demo_reads_the_template_from_a_wheel(tmp_path):
     assert not (out / "train").exists()
     with pytest.raises(SystemExit):
         gbd.main(["--source", str(tmp_path / "nothing"), "--out", str(out)])
+
+
+def test_a_four_dimensional_nifti_of_one_volume_reads_as_its_volume(tmp_path):
+    volume = _ellipse_volume((20, 16, 5))
+    for name, data in (("3d.nii.gz", volume), ("4d.nii.gz", volume[..., None])):
+        nibabel.save(nibabel.Nifti1Image(data.astype(np.float32), np.diag([1.0, 2.0, 3.0, 1.0])),
+                     str(tmp_path / name))
+    three, spacing3 = simulate_multicoil.load_stack(str(tmp_path / "3d.nii.gz"), None)
+    four, spacing4 = simulate_multicoil.load_stack(str(tmp_path / "4d.nii.gz"), None)
+    np.testing.assert_array_equal(three, four)
+    assert spacing3 == spacing4 == (2.0, 1.0) and three.shape == (5, 16, 20)
+    nibabel.save(nibabel.Nifti1Image(np.stack([volume, volume], -1).astype(np.float32), np.eye(4)),
+                 str(tmp_path / "series.nii.gz"))
+    with pytest.raises(ValueError, match="2-D or 3-D NIfTI"):
+        simulate_multicoil.load_stack(str(tmp_path / "series.nii.gz"), None)
