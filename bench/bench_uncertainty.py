@@ -3,6 +3,8 @@
     python bench/bench_uncertainty.py --rows fastmri project --acc 8          # each row calibrated on itself
     python bench/bench_uncertainty.py --rows fastmri project --acc 8 --transfer project   # + one calibration for all
     python bench/bench_uncertainty.py --rows fastmri --acc 8 --max-slices 1 --num-samples 2 --steps 5   # smoke test
+    python bench/bench_uncertainty.py --rows fastmri --acc 8 --cross-validate --heads data/shift_bench/t2_contrast.npy \
+        --out results/bench_contrast      # k-space cross-validation, on T2-weighted slices too (another --out)
 
 Rows, anatomy and data are those of bench/bench_shift.py (its functions make them; `--out` is shared with it, so the
 simulated volumes and ℓ1-wavelet's λ tuned on each row's validation slices are reused). Per row and acceleration,
@@ -16,7 +18,7 @@ smoke test):
    on the same slice and the warning (runners/uncertainty.py).
 
 With `--transfer ROW` every row's test slices are also reconstructed with the calibration (and ℓ1-wavelet λ) of ROW,
-to show what transfers between acquisitions. Outputs go to `<out>/uncertainty/<row>/acc<R>/{val,test}/<method>[_cal-
+to show what transfers between acquisitions. Outputs go to `<out>/uncertainty/<row>/acc<R>/{val,test}/<method>[-cv][_cal-
 <ROW>]/`; the table (acceptance figures of issue 17) to `<out>/uncertainty/table.md`, the per-slice numbers to
 `results.json` and the test reliability diagrams to `reliability.png` there.
 
@@ -55,13 +57,15 @@ def uncertainty_config(method: str, row: str, folders: dict, acc: int, out: str,
     config = bench_shift.method_config(method, row, folders, "test", acc, out, max_slices=args.max_slices)
     s = config.sampling
     s.noise_replicas, s.warn_baseline, s.l1_lambda = args.noise_replicas, "l1wavelet", l1_lambda
+    s.cross_validate = args.cross_validate
     if args.num_samples:
         s.num_samples = args.num_samples
     if args.steps:
         s.N = args.steps
     config.data.eval_root, config.data.eval_maps_root = folders["val"], folders["val"] + "_maps"
     config.training.skip_slices = 0
-    s.output_dir = os.path.join(out, "uncertainty", row, f"acc{acc}", split, method + tag)
+    s.output_dir = os.path.join(out, "uncertainty", row, f"acc{acc}", split,
+                                method + ("-cv" if args.cross_validate else "") + tag)
     return config
 
 
@@ -145,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--transfer", choices=sorted(bench_shift.ROWS), help="also judge every row with the "
                         "calibration fitted on this row's validation slices")
     parser.add_argument("--noise-replicas", type=int, default=4, help="sampling.noise_replicas")
+    parser.add_argument("--cross-validate", action="store_true", help="sampling.cross_validate (folders <method>-cv)")
     parser.add_argument("--val-slices", type=int, default=2, help="validation slices of the calibration")
     parser.add_argument("--max-slices", type=int, default=0, help="the first K test slices only (0: all)")
     parser.add_argument("--num-samples", type=int, default=0, help="posterior samples (0: the config's)")

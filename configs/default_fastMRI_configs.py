@@ -82,6 +82,9 @@ def get_default_configs() -> ml_collections.ConfigDict:
     # the reconstruction must beat. The misfit test is off by default: without a final data-consistency step a good
     # reconstruction leaves a misfit of several noise units (5-6 on the brain demo's own test slices, where it beats
     # l1-wavelet by 3 dB), so a fixed threshold warns about good slices; set it from a calibration set.
+    # cross_validate: k-space cross-validation (runners/uncertainty.py): one more sample with every second measured
+    # line outside the centre held out; the map's level follows how well it predicts them (about 1/K more time).
+    sampling.cross_validate = False
     sampling.noise_replicas = 0
     sampling.error_smoothing = 2.0
     sampling.calibration = ""

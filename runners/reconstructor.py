@@ -132,11 +132,11 @@ class Reconstructor:
         self.description = f"{self.method} with {self.checkpoint} (step {step})"
         _check_low_frequencies_measured(config, self.sde)
 
-    def __call__(self, y, csm, mask, seeds, settings=None):
+    def __call__(self, y, csm, mask, seeds, settings=None, num_samples: int | None = None):
         settings = self.settings if settings is None else settings
         if not self.diffusion:
             return self.entry.item(y, csm, mask, settings), 0  # one image: [B, 1, H, W]
-        k = self.num_samples
+        k = self.num_samples if num_samples is None else num_samples
         noise = sampling.SampleNoise(sampling.posterior_seeds(seeds, k), y.device)
         x, nfe = self.entry.item(self.score_fn, self.sde, y.repeat_interleave(k, 0), csm.repeat_interleave(k, 0),
                                  mask, settings, noise, show_progress=self.show_progress)

@@ -20,6 +20,20 @@ the map adds as independent variances, per pixel of the magnitude image:
   w = 1, 0.22 at w = 2).
 - `k` the calibration scale (1 until calibrated).
 
+Level by k-space cross-validation (`sampling.cross_validate`). The samples share most of their error: it lies on the
+k-space lines that were not measured, where the prior fills in the same way in every sample, so the spread says
+too little about its size when the prior fits the image worse than on the validation slices (another contrast).
+The measured lines can tell: the method runs once more (one sample, its own noise seeds) with every second
+measured line outside the fully sampled centre held out (utils/masks.holdout_split), and
+
+    cv_error = ‖H (A x_h − y)‖² / |H|
+
+(H the held-out samples of every coil, x_h that reconstruction) is how well it predicts data it did not see — the
+measurement noise included. The map is then rescaled per slice to `var · cv_error / mean(var)` (a flat map of
+cv_error without one) before the calibration below, whose `c` thereby becomes the ratio of the MSE to cv_error on
+the validation slices. It costs one sample per slice, and the map keeps the spread's shape: it changes the level
+(coverage, predicted PSNR, warnings), not the rank correlation.
+
 Calibration (`fit`, on the validation slices reconstructed by `--mode calibrate`), over the object's pixels
 (`object_support` of the truth) for `k` and over whole images for the MSE:
 
@@ -44,7 +58,7 @@ refused, naming the fields that differ.
 
 Per-slice columns of `metrics.csv` (`FIELDS`, each where it applies): `sigma` (σ̂), `misfit` (`‖A x̄ − y‖ /
 (σ̂ √m)`, the data misfit in units of the noise, m measured samples: about 1 or below when the reconstruction
-explains its data down to the noise), `pred_psnr`, `spread_ratio` (rms of s over rms of √var_noise on the
+explains its data down to the noise), `cv_error`, `pred_psnr`, `spread_ratio` (rms of s over rms of √var_noise on the
 reconstruction's support), `pred_margin`, `baseline_psnr` (ground truth), `coverage_50/68/90/95` and
 `error_rank_corr` (the map against |e| on the object, ground truth), and `warn`: 1 when the reconstruction is
 predicted to be no better than it should be —
@@ -74,14 +88,16 @@ from runners.identity import Identity, differences, flat, jsonable
 from utils import metrics
 from utils.atomic import write_json
 from utils.common import check_setting, derived_seed, finite_at_least
+from utils.masks import holdout_split
 from utils.mri import sense_forward
 from utils.noise import noise_sigma, replica_variance
 
 CALIBRATION_LEVEL = 0.95
 RELIABILITY_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.68, 0.7, 0.8, 0.9, 0.95, 0.99)
-FIELDS = ("sigma", "misfit", "pred_psnr", "spread_ratio", "pred_margin", "baseline_psnr",
+FIELDS = ("sigma", "misfit", "cv_error", "pred_psnr", "spread_ratio", "pred_margin", "baseline_psnr",
           *(f"coverage_{round(100 * p)}" for p in metrics.COVERAGE_LEVELS), "error_rank_corr", "warn")
 NOISE_STREAM = 17  # noise seeds of the pseudo-replicas: derived from the slice's seed and this number
+CV_STREAM = 23  # noise seeds of the cross-validation sample, likewise
 LINEAR_BASELINES = ("zero_filled", "sense")  # baselines linear in the data: their noise response is themselves
 
 
@@ -104,8 +120,11 @@ class Options:
     warn_spread: float
     warn_baseline: str
     calibration: str
+    cross_validate: bool = False
 
     def __post_init__(self):
+        check_setting("sampling.cross_validate", self.cross_validate, isinstance(self.cross_validate, bool),
+                      "True or False")
         check_setting("sampling.noise_replicas", self.noise_replicas,
                       isinstance(self.noise_replicas, int) and self.noise_replicas >= 0, "a whole number ≥ 0")
         for key in ("error_smoothing", "warn_misfit", "warn_spread"):
@@ -121,11 +140,12 @@ def options(config) -> Options:
     """The `Options` of `config.sampling`, validated."""
     s = config.sampling
     return Options(int(s.noise_replicas), float(s.error_smoothing), float(s.warn_misfit), float(s.warn_spread),
-                   str(s.warn_baseline), str(s.calibration))
+                   str(s.warn_baseline), str(s.calibration), s.cross_validate)
 
 
 # The config's defaults (configs/default_fastMRI_configs.py) of the options that shape a result.
-DEFAULTS = {"noise_replicas": 0, "error_smoothing": 2.0, "warn_misfit": 0.0, "warn_spread": 0.0, "warn_baseline": ""}
+DEFAULTS = {"noise_replicas": 0, "error_smoothing": 2.0, "warn_misfit": 0.0, "warn_spread": 0.0, "warn_baseline": "",
+            "cross_validate": False}
 
 
 def identity_fields(opts: Options, baseline_settings) -> dict | None:
@@ -209,6 +229,13 @@ def batch_maps(reconstructor, samples: torch.Tensor, y: torch.Tensor, csm: torch
     if reconstructor.baseline is not None:
         entry, settings = reconstructor.baseline
         out["baseline"] = entry.item(y, csm, mask, settings)[:, 0].cpu().numpy()
+    if opts.cross_validate:
+        kept, held = holdout_split(mask)
+        refit, _ = reconstructor(y * kept, csm, kept, [derived_seed(int(s) % 2**63, CV_STREAM) for s in seeds],
+                                 num_samples=1)
+        missed = sense_forward(refit[:, :1], csm, held) - y * held
+        count = float(torch.broadcast_to(held, y.shape)[0].gt(0).sum())
+        out["cv_error"] = (missed.abs().square().sum(dim=(1, 2, 3)) / count).cpu().numpy()
     return out
 
 
@@ -222,6 +249,13 @@ def error_variance(std: np.ndarray | None, var_noise: np.ndarray | None, num_sam
     parts = [gaussian_filter(p.astype(np.float64), smoothing) if smoothing else p.astype(np.float64)
              for p in parts if p is not None]
     return sum(parts) if parts else None
+
+
+def to_level(var: np.ndarray | None, level: float, shape) -> np.ndarray:
+    """`var` rescaled so that its mean is `level` (the cross-validation error); a flat map of `level` when there is
+    no `var` or it is zero everywhere."""
+    mean = 0.0 if var is None else float(np.mean(var))
+    return var * (level / mean) if mean > 0 else np.full(shape, level, np.float64)
 
 
 def _mse(a: np.ndarray, b: np.ndarray) -> float:
@@ -238,6 +272,9 @@ def slice_columns(recon: np.ndarray, truth: np.ndarray, region_fn, std: np.ndarr
     row = {"sigma": float(maps["sigma"][j]), "misfit": float(maps["misfit"][j])}
     var_noise = maps["var_noise"][j] if "var_noise" in maps else None
     var = error_variance(std, var_noise, num_samples, opts.error_smoothing)
+    if "cv_error" in maps:
+        row["cv_error"] = float(maps["cv_error"][j])
+        var = to_level(var, row["cv_error"], recon.shape)
     error_std = None if var is None else cal.scale * np.sqrt(var)
     if error_std is not None:
         predicted = cal.mse_scale * error_std ** 2

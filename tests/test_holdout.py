@@ -1,0 +1,123 @@
+"""k-space cross-validation (sampling.cross_validate): the held-out split of a sampling mask."""
+import numpy as np
+import pytest
+import torch
+
+from utils.masks import holdout_split, make_mask
+
+
+def test_uniform_mask_splits_into_the_mask_of_twice_the_acceleration():
+    mask = torch.from_numpy(make_mask("uniform", 128, acc=8, acs=24))[None, None]
+    kept, held = holdout_split(mask)
+    np.testing.assert_array_equal(kept[0, 0].numpy(), make_mask("uniform", 128, acc=16, acs=24))
+    assert torch.equal(kept + held, mask) and not (kept * held).any()
+    assert torch.nonzero(held[0, 0, 0]).flatten().tolist() == [8, 24, 40, 80, 96, 112]
+
+
+@pytest.mark.parametrize("kind", ["cartesian", "random_uniform"])
+def test_random_masks_keep_their_centre_and_hold_every_second_line(kind):
+    mask = torch.from_numpy(make_mask(kind, 64, acc=4, acs=8, seed=3))
+    kept, held = holdout_split(mask)
+    lines = torch.nonzero(mask[0] > 0).flatten().tolist()
+    left, right = 28, 35  # the 8 centre columns, grown by random lines next to them
+    while left - 1 in lines:
+        left -= 1
+    while right + 1 in lines:
+        right += 1
+    assert kept[:, left:right + 1].all() and not held[:, left:right + 1].any()
+    outside = [c for c in lines if not left <= c <= right]
+    assert torch.nonzero(held[0]).flatten().tolist() == outside[1::2]
+    assert torch.equal(kept + held, mask)
+
+
+def test_two_dimensional_mask_is_split_by_columns():
+    rng = np.random.default_rng(0)
+    mask = torch.from_numpy((rng.random((32, 32)) < 0.3).astype(np.float32))
+    mask[:, 14:18] = 0  # no centre block: every measured column takes part
+    kept, held = holdout_split(mask)
+    assert torch.equal(kept + held, mask) and held.any() and kept.any()
+    held_columns = held.any(dim=0)
+    assert not (kept[:, held_columns]).any()  # a held-out column is held out whole
+
+
+@pytest.mark.parametrize("kind", ["low_frequency", "center"])
+def test_a_mask_without_lines_outside_the_centre_cannot_be_cross_validated(kind):
+    with pytest.raises(ValueError, match="sampling.cross_validate needs at least two measured lines"):
+        holdout_split(torch.from_numpy(make_mask(kind, 32, acs=8)))
+
+
+def test_slice_columns_set_the_map_to_the_cross_validation_level():
+    from runners import uncertainty
+
+    rng = np.random.default_rng(7)
+    truth = np.pad(rng.uniform(0.5, 1.0, (12, 12)), 4)
+    recon, std = truth + 0.05, rng.uniform(0.01, 0.03, truth.shape)
+    opts = uncertainty.Options(noise_replicas=0, error_smoothing=0.0, warn_misfit=0.0, warn_spread=0.0,
+                               warn_baseline="", calibration="", cross_validate=True)
+    maps = {"sigma": np.array([0.1]), "misfit": np.array([1.0]), "cv_error": np.array([0.004])}
+    region = lambda image: image > 0.1  # noqa: E731
+    calibration = uncertainty.Calibration(scale=1.5, mse_scale=0.8)
+    row, error_std = uncertainty.slice_columns(recon, truth, region, std, maps, 0, 4, opts, calibration)
+    variance = 1.25 * std ** 2 * 0.004 / np.mean(1.25 * std ** 2)  # the spread's shape at the held-out level
+    np.testing.assert_allclose(error_std, 1.5 * np.sqrt(variance))
+    assert row["cv_error"] == 0.004
+    assert row["pred_psnr"] == pytest.approx(10 * np.log10(recon.max() ** 2 / (0.8 * 1.5 ** 2 * 0.004)))
+    row, flat = uncertainty.slice_columns(recon, truth, region, None, maps, 0, 1, opts, None)  # one image: flat
+    np.testing.assert_allclose(flat, np.sqrt(0.004))
+    assert row["pred_psnr"] == pytest.approx(10 * np.log10(recon.max() ** 2 / 0.004))
+
+
+def test_the_harness_measures_the_held_out_lines(make_fastmri, tmp_path):
+    """`cv_error` of CG-SENSE: its reconstruction from the kept lines, against the held-out lines (numpy FFT), on the
+    slices as the harness reads them."""
+    from conftest import np_fft2c
+
+    import datasets
+    from configs.tiny import get_config
+    from runners import build
+    from runners.outputs import read_rows
+    from runners.reconstruct import reconstruct
+
+    data = make_fastmri("knee_test", files=1, slices=2, coils=3, shape=(32, 32), seed=4)
+    config = get_config()
+    config.data.test_roots.knee, config.sampling.datashift = data.root, "knee"
+    config.sampling.method, config.sampling.cg_iters, config.sampling.cross_validate = "sense", 5, True
+    config.sampling.output_dir = str(tmp_path / "out")
+    reconstruct(config, str(tmp_path))
+    rows = read_rows(str(tmp_path / "out" / "metrics.csv"))
+    kept, held = holdout_split(build.sample_mask(config))
+    entry, settings = build.METHODS.entry("sense"), build.method_settings(config, "sense")
+    dataset = datasets.make_dataset(config, "test")
+    assert len(rows) == 2
+    for index, row in enumerate(rows):
+        item = dataset[index]
+        kspace, maps = item["kspace"][None], item["maps"][None]
+        x = entry.item(kspace * kept, maps, kept, settings)[0, 0].numpy().astype(np.complex128)
+        on_held = held.reshape(held.shape[-2:]).numpy()
+        missed = (np_fft2c(maps[0].numpy() * x) - kspace[0].numpy()) * on_held
+        expected = np.sum(np.abs(missed) ** 2) / (3 * on_held.sum())
+        assert row["cv_error"] == pytest.approx(expected, rel=1e-4)
+        assert np.isfinite(row["pred_psnr"])
+
+
+def test_cross_validation_of_a_diffusion_method_leaves_its_reconstruction_alone(knee_test, tmp_path):
+    import scipy.io
+
+    from runners.outputs import read_rows
+    from runners.reconstruct import reconstruct
+
+    config, _ = knee_test
+    config.sampling.num_samples, config.sampling.max_slices, config.sampling.show_progress = 2, 2, False
+    results = {}
+    for cross_validate in (False, True):
+        out = tmp_path / f"cv{cross_validate}"
+        config.sampling.cross_validate, config.sampling.output_dir = cross_validate, str(out)
+        reconstruct(config, str(tmp_path))
+        rows = read_rows(str(out / "metrics.csv"))
+        results[cross_validate] = (rows, [scipy.io.loadmat(out / f"recon_{r['fname']}_{r['slice']}.mat")["recon"]
+                                          for r in rows])
+    (plain, plain_recon), (checked, checked_recon) = results[False], results[True]
+    for a, b in zip(plain_recon, checked_recon):
+        np.testing.assert_array_equal(a, b)  # the extra sample has its own noise stream
+    assert all("cv_error" not in r for r in plain)
+    assert all(r["cv_error"] > 0 and np.isfinite(r["pred_psnr"]) for r in checked)
