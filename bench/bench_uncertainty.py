@@ -18,9 +18,10 @@ smoke test):
    on the same slice and the warning (runners/uncertainty.py).
 
 With `--transfer ROW` every row's test slices are also reconstructed with the calibration (and ℓ1-wavelet λ) of ROW,
-to show what transfers between acquisitions. Outputs go to `<out>/uncertainty/<row>/acc<R>/{val,test}/<method>[-cv][_cal-
-<ROW>]/`; the table (acceptance figures of issue 17) to `<out>/uncertainty/table.md`, the per-slice numbers to
-`results.json` and the test reliability diagrams to `reliability.png` there.
+to show what transfers between acquisitions. Outputs go to
+`<out>/uncertainty/<row>/acc<R>/{val,test}/<method>[-cv][_cal-<ROW>]/`; the table (acceptance figures of issue 17)
+to `<out>/uncertainty/table.md`, the per-slice numbers to `results.json` and the test reliability diagrams to
+`reliability.png` there.
 
 Table columns: coverage of ±z·σ at 50/68/90/95 % (mean over test slices; 95 % is ±1.96σ), the pixel rank
 correlation of the map with |error|, the share of slices whose predicted PSNR is within 1.5 dB of the true one,

@@ -374,7 +374,8 @@ def fit(slices: list[dict], region_fn) -> Calibration:
     ratio = 1.0
     if all("baseline" in s for s in slices):
         expected = [_mse(s["baseline"], s["recon"]) + mse_scale * p for s, p in zip(slices, predicted)]
-        ratio = math.exp(float(np.mean(np.log([_mse(s["baseline"], s["truth"]) / e for s, e in zip(slices, expected)]))))
+        ratio = math.exp(float(np.mean(np.log([_mse(s["baseline"], s["truth"]) / e
+                                               for s, e in zip(slices, expected)]))))
     return Calibration(scale=float(scale), mse_scale=mse_scale, baseline_ratio=ratio)
 
 
