@@ -63,6 +63,7 @@ from runners.distributed import Dist, from_rank0, init_distributed
 from runners.reconstructor import (FLAG_FACTOR, FLAG_MARGIN, Reconstructor, apply_tuned, data_residual, datashift,
                                    input_folders, object_support, sample_scores, score_slice, slice_seed)
 from utils.figures import save_reliability
+from utils.masks import holdout_split
 from utils.mri import sense_adjoint
 
 CPU_BATCH_SIZE = 4  # sampling.batch_size=0 on the CPU: batching gains little there (bench/README.md: 1.05× at 4)
@@ -260,6 +261,8 @@ def _reconstruct(config, workdir: str, ctx: Dist, split: str) -> dict:
     """`reconstruct` on one rank of `ctx` (the module docstring says who writes what)."""
     reconstructor = Reconstructor(config, workdir)
     mask = build.sample_mask(config)
+    if reconstructor.uncertainty.cross_validate:
+        holdout_split(mask)  # a mask with nothing to hold out is refused before any slice is reconstructed
     dataset = datasets.make_dataset(config, split)
     keys = [(dataset.volumes[v].name, s) for v, s in dataset.slices]
     limit = int(config.sampling.max_slices)
