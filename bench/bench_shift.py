@@ -67,6 +67,12 @@ HEADS = "data/shift_bench/heads.npz"
 # wheel's b0 volume of a diffusion scan (128², 2 mm; two axial slices) and its anisotropic-voxel volume (58², 4 mm).
 CONTRAST = "data/shift_bench/t2_contrast.npy"
 OTHER_CONTRAST = {"S0_10slices.nii.gz": (4, 6), "aniso_vox.nii.gz": (12, 15)}
+# Images the brain prior does not fit, for `--heads` (the warnings of runners/uncertainty.py need slices where a
+# diffusion method loses): scikit-image's sample images and a test slice with three sharp lesions (`LESIONS`).
+MISMATCH = "data/shift_bench/mismatch.npy"
+MISMATCH_IMAGES = ("shepp_logan_phantom", "camera", "coins", "microaneurysms", "moon", "retina", "brick", "grass",
+                   "text", "cell", "binary_blobs")
+LESIONS = ((50, 45, 5, 1.0), (70, 80, 4, 0.9), (85, 55, 6, 0.05))  # row, column, radius (pixels), intensity
 SIZE, ACS = 128, 24
 FASTMRI = ACQUISITIONS["fastmri"]
 ROWS = {
@@ -115,6 +121,7 @@ def make_heads(source: str, out: str) -> None:
             stack, spacing = load_stack(wheel.extract(f"dipy/data/files/{name}", tmp), None)
             contrast += [fit_to_size(s / s.max(), spacing, SIZE, "fit") for s in np.abs(stack[list(picked)])]
     np.save(CONTRAST, np.stack(contrast).astype(np.float32))
+    np.save(MISMATCH, mismatch_images(sets["test"][1]).astype(np.float32))
     coronal = fit_to_size(coronal / coronal.max(), (1.0, 1.0), SIZE, "fit")
     test = np.concatenate([coronal[None], sets["test"]])  # the unseen head first: --max-slices keeps it
     names = ["dipy_coronal_t1"] + [f"mni152_z{z}" for z in brain.split()["test"]]
@@ -122,7 +129,25 @@ def make_heads(source: str, out: str) -> None:
     np.savez_compressed(out, val=sets["val"].astype(np.float16), test=test.astype(np.float16),
                         test_names=np.array(names), val_names=np.array([f"mni152_z{z}" for z in brain.split()["val"]]))
     print(f"wrote {out}: {len(sets['val'])} validation and {len(test)} test slices; {CONTRAST}: {len(contrast)} "
-          f"slices of another contrast (add them with --heads {CONTRAST})")
+          f"slices of another contrast (add them with --heads {CONTRAST}); {MISMATCH}: {len(MISMATCH_IMAGES) + 1} "
+          f"images unlike a brain")
+
+
+def mismatch_images(brain: np.ndarray) -> np.ndarray:
+    """`MISMATCH_IMAGES` as `[N, SIZE, SIZE]` magnitudes in [0, 1] (colour ones by their green channel), then
+    `brain` with `LESIONS` drawn in."""
+    import skimage.data  # noqa: PLC0415
+
+    images = []
+    for name in MISMATCH_IMAGES:
+        image = getattr(skimage.data, name)(**({"rng": 0} if name == "binary_blobs" else {})).astype(np.float64)
+        image = image[..., 1] if image.ndim == 3 else image
+        images.append(fit_to_size(image / image.max(), (1.0, 1.0), SIZE, "fit"))
+    rows, cols = np.mgrid[:SIZE, :SIZE]
+    lesioned = brain.astype(np.float64).copy()
+    for row, col, radius, value in LESIONS:
+        lesioned[(rows - row) ** 2 + (cols - col) ** 2 < radius ** 2] = value
+    return np.stack(images + [lesioned])
 
 
 def load_heads(extra: list[str]) -> dict[str, np.ndarray]:

@@ -24,7 +24,8 @@ to `<out>/uncertainty/table.md`, the per-slice numbers to `results.json` and the
 `reliability.png` there.
 
 Table columns: coverage of ±z·σ at 50/68/90/95 % (mean over test slices; 95 % is ±1.96σ), the pixel rank
-correlation of the map with |error|, the share of slices whose predicted PSNR is within 1.5 dB of the true one,
+correlation of the map with |error| and, in brackets, the one an exact map of the same values would reach
+(utils/metrics.rank_ceiling), the share of slices whose predicted PSNR is within 1.5 dB of the true one,
 warnings: hits (warned among slices where the method is below ℓ1-wavelet) and false warnings (warned among slices
 where it is ≥ 1 dB above), and the run's warning.
 """
@@ -78,11 +79,13 @@ def judge(folder: str) -> dict:
     margin = [r["psnr"] - r["baseline_psnr"] for r in rows]
     losing = [r["warn"] for r, m in zip(rows, margin) if m < 0]
     winning = [r["warn"] for r, m in zip(rows, margin) if m >= CLEAR_WIN_DB]
-    slices = [{k: r.get(k) for k in ("fname", "slice", "psnr", "pred_psnr", "baseline_psnr", "misfit",
-                                     "spread_ratio", "pred_margin", "coverage_95", "error_rank_corr", "warn")}
+    slices = [{k: r.get(k) for k in ("fname", "slice", "psnr", "pred_psnr", "baseline_psnr", "misfit", "spread_ratio",
+                                     "pred_margin", "cv_margin", "coverage_95", "error_rank_corr",
+                                     "error_rank_ceiling", "warn")}
               for r in rows]
     return {"coverage": [summary[f"coverage_{p}"] for p in (50, 68, 90, 95)],
             "rank_corr": summary["error_rank_corr"],
+            "rank_ceiling": summary.get("error_rank_ceiling", float("nan")),  # nan: a folder of an older version
             "within": sum(abs(r["pred_psnr"] - r["psnr"]) <= WITHIN_DB for r in rows) / len(rows),
             "hits": (sum(losing), len(losing)), "false": (sum(winning), len(winning)),
             "warning": summary.get("warning", 0), "psnr": summary["psnr"], "pred_psnr": summary["pred_psnr"],
@@ -130,15 +133,16 @@ def run(row: str, acc: int, method: str, calibrations: Calibrations, transfer: s
 def format_table(entries: list[dict], header: bool = True) -> str:
     lines = []
     if header:
-        lines += ["| row | acc | method | calibrated on | cover 50 / 68 / 90 / 95 % | rank corr. | PSNR: true / "
-                  "predicted / ℓ1 | pred. within 1.5 dB | warned: hits / false | run warned |",
+        lines += ["| row | acc | method | calibrated on | cover 50 / 68 / 90 / 95 % | rank corr. (ceiling) | "
+                  "PSNR: true / predicted / ℓ1 | pred. within 1.5 dB | warned: hits / false | run warned |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
     for e in entries:
         cover = " / ".join(f"{c:.2f}" for c in e["coverage"])
         hits, false = (f"{n}/{d}" if d else "–" for n, d in (e["hits"], e["false"]))
         lines.append(f"| {e['row']} | {e['acc']}× | {bench_shift.LABELS[e['method']]} | {e['calibrated_on']} | "
-                     f"{cover} | {e['rank_corr']:.2f} | {e['psnr']:.2f} / {e['pred_psnr']:.2f} / {e['l1_psnr']:.2f} "
-                     f"| {e['within']:.0%} | {hits} / {false} | {'yes' if e['warning'] else 'no'} |")
+                     f"{cover} | {e['rank_corr']:.2f} ({e['rank_ceiling']:.2f}) | {e['psnr']:.2f} / "
+                     f"{e['pred_psnr']:.2f} / {e['l1_psnr']:.2f} | {e['within']:.0%} | {hits} / {false} | "
+                     f"{'yes' if e['warning'] else 'no'} |")
     return "\n".join(lines)
 
 

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import torch
 
+from runners import uncertainty
 from utils.masks import holdout_split, make_mask
 
 
@@ -47,8 +48,6 @@ def test_a_mask_without_lines_outside_the_centre_cannot_be_cross_validated(kind)
 
 
 def test_slice_columns_set_the_map_to_the_cross_validation_level():
-    from runners import uncertainty
-
     rng = np.random.default_rng(7)
     truth = np.pad(rng.uniform(0.5, 1.0, (12, 12)), 4)
     recon, std = truth + 0.05, rng.uniform(0.01, 0.03, truth.shape)
@@ -67,9 +66,32 @@ def test_slice_columns_set_the_map_to_the_cross_validation_level():
     assert row["pred_psnr"] == pytest.approx(10 * np.log10(recon.max() ** 2 / 0.004))
 
 
+def test_the_cross_validated_baseline_decides_the_baseline_warning():
+    truth = np.pad(np.full((10, 10), 0.8), 3)
+    recon, std = truth + 0.02, np.full(truth.shape, 0.01)
+    opts = uncertainty.Options(noise_replicas=0, error_smoothing=0.0, warn_misfit=0.0, warn_spread=0.0,
+                               warn_baseline="sense", calibration="", cross_validate=True)
+    region = lambda image: image > 0.1  # noqa: E731
+    calibration = uncertainty.Calibration(scale=1.0, mse_scale=1.0, baseline_ratio=0.5)
+    maps = {"sigma": np.array([0.1]), "misfit": np.array([1.0]), "cv_error": np.array([0.004]),
+            "cv_baseline": np.array([0.002]), "baseline": (truth + 0.5)[None]}
+    row, _ = uncertainty.slice_columns(recon, truth, region, std, maps, 0, 4, opts, calibration)
+    assert row["cv_margin"] == pytest.approx(10 * np.log10(0.5))
+    assert row["pred_margin"] > 0 and row["warn"] == 1  # the held-out lines overrule the prediction
+    assert "held-out k-space lines 3.01 dB worse than sense" in uncertainty.warnings(row, opts, True)[0]
+    maps.update(cv_baseline=np.array([0.008]), baseline=recon[None])  # the baseline equals x̄: pred_margin < 0
+    row, _ = uncertainty.slice_columns(recon, truth, region, std, maps, 0, 4, opts, calibration)
+    assert row["cv_margin"] == pytest.approx(10 * np.log10(2)) and row["pred_margin"] < 0 and row["warn"] == 0
+    del maps["cv_baseline"]  # no cross-validated baseline: the calibrated prediction decides
+    row, _ = uncertainty.slice_columns(recon, truth, region, std, maps, 0, 4, opts, calibration)
+    assert "cv_margin" not in row and row["warn"] == 1
+    row, _ = uncertainty.slice_columns(recon, truth, region, std, maps, 0, 4, opts, None)
+    assert row["warn"] == 0  # uncalibrated: no prediction to warn with
+
+
 def test_the_harness_measures_the_held_out_lines(make_fastmri, tmp_path):
-    """`cv_error` of CG-SENSE: its reconstruction from the kept lines, against the held-out lines (numpy FFT), on the
-    slices as the harness reads them."""
+    """`cv_error` of CG-SENSE and `cv_margin` over zero-filled: their reconstructions from the kept lines, against
+    the held-out lines (numpy FFT), on the slices as the harness reads them."""
     from conftest import np_fft2c
 
     import datasets
@@ -82,21 +104,25 @@ def test_the_harness_measures_the_held_out_lines(make_fastmri, tmp_path):
     config = get_config()
     config.data.test_roots.knee, config.sampling.datashift = data.root, "knee"
     config.sampling.method, config.sampling.cg_iters, config.sampling.cross_validate = "sense", 5, True
+    config.sampling.warn_baseline = "zero_filled"
     config.sampling.output_dir = str(tmp_path / "out")
     reconstruct(config, str(tmp_path))
     rows = read_rows(str(tmp_path / "out" / "metrics.csv"))
     kept, held = holdout_split(build.sample_mask(config))
-    entry, settings = build.METHODS.entry("sense"), build.method_settings(config, "sense")
     dataset = datasets.make_dataset(config, "test")
+    on_held = held.reshape(held.shape[-2:]).numpy()
     assert len(rows) == 2
     for index, row in enumerate(rows):
         item = dataset[index]
         kspace, maps = item["kspace"][None], item["maps"][None]
-        x = entry.item(kspace * kept, maps, kept, settings)[0, 0].numpy().astype(np.complex128)
-        on_held = held.reshape(held.shape[-2:]).numpy()
-        missed = (np_fft2c(maps[0].numpy() * x) - kspace[0].numpy()) * on_held
-        expected = np.sum(np.abs(missed) ** 2) / (3 * on_held.sum())
-        assert row["cv_error"] == pytest.approx(expected, rel=1e-4)
+        expected = {}
+        for name in ("sense", "zero_filled"):
+            entry, settings = build.METHODS.entry(name), build.method_settings(config, name)
+            x = entry.item(kspace * kept, maps, kept, settings)[0, 0].numpy().astype(np.complex128)
+            missed = (np_fft2c(maps[0].numpy() * x) - kspace[0].numpy()) * on_held
+            expected[name] = np.sum(np.abs(missed) ** 2) / (3 * on_held.sum())
+        assert row["cv_error"] == pytest.approx(expected["sense"], rel=1e-4)
+        assert row["cv_margin"] == pytest.approx(10 * np.log10(expected["zero_filled"] / expected["sense"]), abs=1e-3)
         assert np.isfinite(row["pred_psnr"])
 
 

@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from scipy import stats
 from conftest import np_fft2c
 
 import sampling
@@ -42,10 +43,23 @@ def test_error_calibration_columns_and_rank_correlation():
     std = rng.uniform(0.01, 0.1, truth.shape)
     recon = truth + std * rng.standard_normal(truth.shape)
     row = metrics.error_calibration(truth, recon, std, np.ones(truth.shape))
-    assert set(row) == {"coverage_50", "coverage_68", "coverage_90", "coverage_95", "error_rank_corr"}
+    assert set(row) == {"coverage_50", "coverage_68", "coverage_90", "coverage_95", "error_rank_corr",
+                        "error_rank_ceiling"}
     assert abs(row["coverage_95"] - 0.95) < 0.03 and row["error_rank_corr"] > 0.4
-    assert np.isnan(metrics.error_calibration(truth, recon, np.full(truth.shape, 0.1), np.ones(truth.shape))[
-        "error_rank_corr"])
+    assert row["error_rank_corr"] == pytest.approx(row["error_rank_ceiling"], abs=0.08)  # the map is exact here
+    flat = metrics.error_calibration(truth, recon, np.full(truth.shape, 0.1), np.ones(truth.shape))
+    assert np.isnan(flat["error_rank_corr"]) and np.isnan(flat["error_rank_ceiling"])
+
+
+def test_rank_ceiling_is_the_rank_correlation_of_an_exact_map():
+    rng = np.random.default_rng(3)
+    for low, high in ((0.9, 1.1), (0.5, 2.0), (0.01, 1.0)):
+        std = rng.uniform(low, high, 5000)
+        draws = [stats.spearmanr(std, np.abs(std * rng.standard_normal(std.size))).statistic for _ in range(40)]
+        assert metrics.rank_ceiling(std) == pytest.approx(np.mean(draws), abs=0.02)
+        assert metrics.rank_ceiling(std) == metrics.rank_ceiling(std)  # repeatable
+    assert metrics.rank_ceiling(rng.uniform(0.9, 1.1, 5000)) < 0.15 < 0.5 < metrics.rank_ceiling(
+        rng.uniform(0.01, 1.0, 5000))
 
 
 def test_predicted_psnr_is_the_psnr_of_an_error_of_that_variance():

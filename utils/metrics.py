@@ -293,7 +293,8 @@ def predicted_psnr(peak: float, variance: ArrayLike) -> float:
 def error_calibration(gt: ArrayLike, recon: ArrayLike, error_std: ArrayLike, region: ArrayLike) -> dict[str, float]:
     """How well an error map `error_std` `[H, W]` (the predicted std of `|recon| − |gt|`) describes the error, over
     `region`: `coverage_50`, `coverage_68`, `coverage_90`, `coverage_95` (observed coverage of the nominal levels
-    `COVERAGE_LEVELS`, `coverage`) and `error_rank_corr` (Spearman rank correlation between the map and |error|)."""
+    `COVERAGE_LEVELS`, `coverage`), `error_rank_corr` (Spearman rank correlation between the map and |error|) and
+    `error_rank_ceiling` (`rank_ceiling`: what an exact map of the same values would reach)."""
     gt, recon = _pair(to_magnitude(gt), to_magnitude(recon))
     inside = _numpy(region).astype(bool)
     error = np.abs(recon - gt)[inside]
@@ -301,4 +302,16 @@ def error_calibration(gt: ArrayLike, recon: ArrayLike, error_std: ArrayLike, reg
     covered = coverage(error, spread)
     row = {f"coverage_{round(100 * level)}": value for level, value in zip(COVERAGE_LEVELS, covered)}
     row["error_rank_corr"] = _rank_correlation(spread, error)
+    row["error_rank_ceiling"] = rank_ceiling(spread)
     return row
+
+
+def rank_ceiling(std: np.ndarray, draws: int = 8, seed: int = 0) -> float:
+    """The rank correlation with |error| that the map `std` (1-D) would reach if it were exact: the mean Spearman
+    correlation between `std` and `|std·z|` over `draws` standard normal `z` (a fixed `seed`: repeatable). One error
+    per pixel is one random draw, so even an exact map ranks the errors only as far as its values differ: a map
+    that varies little over the object has a low ceiling, whatever its quality. NaN for a constant map."""
+    std = np.asarray(std, dtype=np.float64)
+    normal = np.random.default_rng(seed)
+    values = [_rank_correlation(std, np.abs(std * normal.standard_normal(std.shape))) for _ in range(draws)]
+    return float(np.mean(values))
