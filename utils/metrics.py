@@ -307,10 +307,11 @@ def error_calibration(gt: ArrayLike, recon: ArrayLike, error_std: ArrayLike, reg
 
 
 def rank_ceiling(std: np.ndarray, draws: int = 8, seed: int = 0) -> float:
-    """The rank correlation with |error| that the map `std` (1-D) would reach if it were exact: the mean Spearman
-    correlation between `std` and `|std·z|` over `draws` standard normal `z` (a fixed `seed`: repeatable). One error
-    per pixel is one random draw, so even an exact map ranks the errors only as far as its values differ: a map
-    that varies little over the object has a low ceiling, whatever its quality. NaN for a constant map."""
+    """The rank correlation with |error| that the map `std` (1-D) would reach if it were exact, for Gaussian errors:
+    the mean Spearman correlation between `std` and `|std·z|` over `draws` standard normal `z` (a fixed `seed`:
+    repeatable). One error per pixel is one random draw, so even an exact map ranks the errors only as far as its
+    values differ: a map that varies little over the object has a low ceiling, whatever its quality (errors with
+    heavier tails than a Gaussian's can rank above it). NaN for a constant map."""
     std = np.asarray(std, dtype=np.float64)
     normal = np.random.default_rng(seed)
     values = [_rank_correlation(std, np.abs(std * normal.standard_normal(std.shape))) for _ in range(draws)]
