@@ -9,7 +9,10 @@ Anatomy (`data/shift_bench/heads.npz`, made by `--make-heads --source <folder wi
 validation = the brain set's two validation slices (z = 116, 120 mm of the MNI152 template, with skull and scalp),
 test = a head the project never trained on (the coronal T1 slice shipped with dipy) and the brain set's four test
 slices (z = 74 … 86 mm), in that order, all 128 × 128 magnitudes in [0, 1]. Training used other slabs of the
-template only, axial, brain-only.
+template only, axial, brain-only. `--make-heads` also writes two sets to add with `--heads`:
+`data/shift_bench/t2_contrast.npy` (four T2-weighted scanner slices, dipy) and `data/shift_bench/mismatch.npy`
+(`MISMATCH_IMAGES`: scikit-image's phantom, photographs, retina, textures and text, and a test slice with three
+sharp lesions), images the brain prior does not fit, where a diffusion method can lose to ℓ1-wavelet.
 
 Rows (`ROWS`): acquisitions made by `data_prepare/simulate_multicoil.py` — the project's own simulator (the one the
 brain set was made with), a fastMRI-like scan (2× readout oversampling cropped in the image domain, 8 birdcage
