@@ -56,3 +56,18 @@ def test_a_row_volume_made_from_other_heads_is_refused(tmp_path, monkeypatch):
     other = {**heads, "test": np.ones((3, 8, 8))}  # as many slices, other content
     with pytest.raises(SystemExit, match="another --out"):
         bench_shift.row_data(str(tmp_path), "fastmri", other)
+
+
+def test_the_mismatch_set_is_made_from_the_listed_images_and_a_lesioned_slice():
+    import numpy as np
+
+    brain = np.zeros((bench_shift.SIZE, bench_shift.SIZE))
+    images = bench_shift.mismatch_images(brain)
+    assert images.shape == (len(bench_shift.MISMATCH_IMAGES) + 1, bench_shift.SIZE, bench_shift.SIZE)
+    assert images.min() >= 0 and np.all(images.max(axis=(1, 2)) <= 1)
+    for row, col, _, value in bench_shift.LESIONS:
+        assert images[-1, row, col] == value
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    brain = np.load(os.path.join(root, bench_shift.HEADS))["test"][2].astype(np.float64)  # make_heads' test slice
+    committed = np.load(os.path.join(root, bench_shift.MISMATCH))
+    np.testing.assert_allclose(committed, bench_shift.mismatch_images(brain), atol=1e-6)  # what the code makes
