@@ -91,6 +91,7 @@ def get_default_configs() -> ml_collections.ConfigDict:
     sampling.warn_misfit = 0.0
     sampling.warn_spread = 0.0
     sampling.warn_baseline = ""
+    sampling.warn_margin = 0.5  # dB: warn when the method is not predicted to beat warn_baseline by this much
     sampling.tuned = ""  # best.json of `main.py --mode tune`: its sampler settings replace these
     sampling.batch_size = 1  # slices per sampler run; 0: automatic (CUDA: the most that fit the free memory; CPU: 4)
     sampling.mask_type = "uniform"  # uniform | cartesian | random_uniform | center | low_frequency

@@ -35,11 +35,14 @@ the validation slices. It costs one sample per slice, and the map keeps the spre
 (coverage, predicted PSNR, warnings), not the rank correlation. With a baseline (`sampling.warn_baseline`, below) the
 baseline is cross-validated on the same split, and
 
-    cv_margin = 10 log10(cv_error_baseline / cv_error)
+    cv_margin = 10 log10(cv_error_baseline / e_K),   e_K = σ̂² + (cv_error − σ̂²)·(1 + 1/K)/2
 
 is how many dB better the method predicts the measurements it did not see: a direct comparison of the two on the
-slice's own data, which needs no calibration. On slices unlike the validation ones the prediction of `pred_margin`
-(below) can be far off (retina vessels at 8×: predicted +0.6 dB, true −3.1 dB; cv_margin −8.1 dB).
+slice's own data, which needs no calibration. `e_K` turns the error of the one cross-validation sample into that
+of the mean of K that the method returns: beyond the noise σ̂² on the held-out lines (which no image predicts), a
+posterior draw misses by twice the posterior variance and the mean of K by (1 + 1/K) times it — the map's own
+assumption; for one sample or a baseline e_K = cv_error. On slices unlike the validation ones the prediction of
+`pred_margin` (below) can be far off (retina vessels at 8×: predicted +0.6 dB, true −3.1 dB; cv_margin −6 dB).
 
 Calibration (`fit`, on the validation slices reconstructed by `--mode calibrate`), over the object's pixels
 (`object_support` of the truth) for `k` and over whole images for the MSE:
@@ -73,11 +76,13 @@ than it should be —
 
     misfit > warn_misfit        the prior cannot explain the measurements down to the noise level;
     spread_ratio < warn_spread  the samples agree far more closely than the noise in the data allows;
-    cv_margin < 0               predicts unseen data no better than the baseline (with cross-validation);
-    pred_margin < 0             predicted no better than the baseline (needs a calibration; without
+    cv_margin < warn_margin     predicts unseen data not clearly better than the baseline (with cross-validation);
+    pred_margin < warn_margin   predicted not clearly better than the baseline (needs a calibration; without
                                 cross-validation).
 
-A threshold of 0 (or an empty `warn_baseline`) switches its test off. The run is warned (`warning` in
+`warn_margin` (dB, 0.5 by default) sits inside the band where a warning is neither wrong nor needed: a method that
+loses to the baseline should be warned, one that beats it by 1 dB or more should not. `warn_misfit` or
+`warn_spread` = 0 switches its test off, an empty `warn_baseline` the baseline test. The run is warned (`warning` in
 summary.json) when at least half of its slices are.
 """
 from __future__ import annotations
@@ -132,10 +137,12 @@ class Options:
     warn_baseline: str
     calibration: str
     cross_validate: bool = False
+    warn_margin: float = 0.5
 
     def __post_init__(self):
         check_setting("sampling.cross_validate", self.cross_validate, isinstance(self.cross_validate, bool),
                       "True or False")
+        check_setting("sampling.warn_margin", self.warn_margin, math.isfinite(self.warn_margin), "a finite number (dB)")
         check_setting("sampling.noise_replicas", self.noise_replicas,
                       isinstance(self.noise_replicas, int) and self.noise_replicas >= 0, "a whole number ≥ 0")
         for key in ("error_smoothing", "warn_misfit", "warn_spread"):
@@ -151,12 +158,12 @@ def options(config) -> Options:
     """The `Options` of `config.sampling`, validated."""
     s = config.sampling
     return Options(int(s.noise_replicas), float(s.error_smoothing), float(s.warn_misfit), float(s.warn_spread),
-                   str(s.warn_baseline), str(s.calibration), s.cross_validate)
+                   str(s.warn_baseline), str(s.calibration), s.cross_validate, float(s.warn_margin))
 
 
 # The config's defaults (configs/default_fastMRI_configs.py) of the options that shape a result.
 DEFAULTS = {"noise_replicas": 0, "error_smoothing": 2.0, "warn_misfit": 0.0, "warn_spread": 0.0, "warn_baseline": "",
-            "cross_validate": False}
+            "cross_validate": False, "warn_margin": 0.5}
 
 
 def identity_fields(opts: Options, baseline_settings) -> dict | None:
@@ -172,7 +179,7 @@ def identity_fields(opts: Options, baseline_settings) -> dict | None:
 
 # Identity fields that do not shape a calibration: where the slices come from, which slices, and the noise seed.
 _UNSHAPING = ("slices", "datashift", "seed", "save_samples", "data.files", "uncertainty.warn_misfit",
-              "uncertainty.warn_spread", "uncertainty.calibration")
+              "uncertainty.warn_spread", "uncertainty.warn_margin", "uncertainty.calibration")
 
 
 def calibration_key(fields: dict) -> dict:
@@ -308,7 +315,9 @@ def slice_columns(recon: np.ndarray, truth: np.ndarray, region_fn, std: np.ndarr
             row["pred_margin"] = 10 * math.log10(cal.baseline_ratio * (_mse(baseline, recon) + mse) / mse) \
                 if mse > 0 else math.nan
     if "cv_baseline" in maps:
-        ratio = float(maps["cv_baseline"][j]) / row["cv_error"] if row["cv_error"] > 0 else math.nan
+        floor = min(row["sigma"] ** 2, row["cv_error"])  # the noise on the held-out lines, which no image predicts
+        mean_error = floor + (row["cv_error"] - floor) * (1 + 1 / num_samples) / 2
+        ratio = float(maps["cv_baseline"][j]) / mean_error if mean_error > 0 else math.nan
         row["cv_margin"] = 10 * math.log10(ratio) if ratio > 0 else math.nan
     if "baseline" in maps:
         row["baseline_psnr"] = metrics.psnr(truth, np.abs(maps["baseline"][j]))
@@ -326,11 +335,13 @@ def warnings(row: dict, opts: Options, calibrated: bool) -> list[str]:
         reasons.append(f"its samples spread {row['spread_ratio']:.2f}× the propagated noise (< sampling.warn_spread="
                        f"{opts.warn_spread:g}): the prior is more certain than the data allow")
     if "cv_margin" in row:
-        if row["cv_margin"] < 0:
-            reasons.append(f"it predicts the held-out k-space lines {-row['cv_margin']:.2f} dB worse than "
-                           f"{opts.warn_baseline} does: it is likely no better than {opts.warn_baseline}")
-    elif calibrated and row.get("pred_margin", math.inf) < 0:
-        reasons.append(f"it is predicted {-row['pred_margin']:.2f} dB worse than {opts.warn_baseline}")
+        if row["cv_margin"] < opts.warn_margin:
+            reasons.append(f"it predicts the held-out k-space lines {row['cv_margin']:+.2f} dB better than "
+                           f"{opts.warn_baseline} does (< sampling.warn_margin={opts.warn_margin:g} dB): it is likely "
+                           f"no better than {opts.warn_baseline}")
+    elif calibrated and row.get("pred_margin", math.inf) < opts.warn_margin:
+        reasons.append(f"it is predicted {row['pred_margin']:+.2f} dB better than {opts.warn_baseline} (< "
+                       f"sampling.warn_margin={opts.warn_margin:g} dB)")
     return reasons
 
 

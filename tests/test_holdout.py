@@ -73,15 +73,18 @@ def test_the_cross_validated_baseline_decides_the_baseline_warning():
                                warn_baseline="sense", calibration="", cross_validate=True)
     region = lambda image: image > 0.1  # noqa: E731
     calibration = uncertainty.Calibration(scale=1.0, mse_scale=1.0, baseline_ratio=0.5)
-    maps = {"sigma": np.array([0.1]), "misfit": np.array([1.0]), "cv_error": np.array([0.004]),
-            "cv_baseline": np.array([0.002]), "baseline": (truth + 0.5)[None]}
+    maps = {"sigma": np.array([0.03]), "misfit": np.array([1.0]), "cv_error": np.array([0.004]),
+            "cv_baseline": np.array([0.0031]), "baseline": (truth + 0.5)[None]}
     row, _ = uncertainty.slice_columns(recon, truth, region, std, maps, 0, 4, opts, calibration)
-    assert row["cv_margin"] == pytest.approx(10 * np.log10(0.5))
+    mean_error = 0.0009 + (0.004 - 0.0009) * (1 + 1 / 4) / 2  # one sample's error → the mean of 4's, noise apart
+    assert row["cv_margin"] == pytest.approx(10 * np.log10(0.0031 / mean_error))  # +0.38 dB: not clearly better
     assert row["pred_margin"] > 0 and row["warn"] == 1  # the held-out lines overrule the prediction
-    assert "held-out k-space lines 3.01 dB worse than sense" in uncertainty.warnings(row, opts, True)[0]
+    assert "held-out k-space lines +0.38 dB better than sense" in uncertainty.warnings(row, opts, True)[0]
+    row, _ = uncertainty.slice_columns(recon, truth, region, std, maps, 0, 1, opts, calibration)
+    assert row["cv_margin"] == pytest.approx(10 * np.log10(0.0031 / 0.004))  # one sample is the output itself
     maps.update(cv_baseline=np.array([0.008]), baseline=recon[None])  # the baseline equals x̄: pred_margin < 0
     row, _ = uncertainty.slice_columns(recon, truth, region, std, maps, 0, 4, opts, calibration)
-    assert row["cv_margin"] == pytest.approx(10 * np.log10(2)) and row["pred_margin"] < 0 and row["warn"] == 0
+    assert row["cv_margin"] > 0.5 and row["pred_margin"] < 0 and row["warn"] == 0
     del maps["cv_baseline"]  # no cross-validated baseline: the calibrated prediction decides
     row, _ = uncertainty.slice_columns(recon, truth, region, std, maps, 0, 4, opts, calibration)
     assert "cv_margin" not in row and row["warn"] == 1
