@@ -59,7 +59,7 @@ def uncertainty_config(method: str, row: str, folders: dict, acc: int, out: str,
     config = bench_shift.method_config(method, row, folders, "test", acc, out, max_slices=args.max_slices)
     s = config.sampling
     s.noise_replicas, s.warn_baseline, s.l1_lambda = args.noise_replicas, "l1wavelet", l1_lambda
-    s.cross_validate = args.cross_validate
+    s.cross_validate, s.cv_level = args.cross_validate, not args.spread_level
     if args.num_samples:
         s.num_samples = args.num_samples
     if args.steps:
@@ -67,7 +67,8 @@ def uncertainty_config(method: str, row: str, folders: dict, acc: int, out: str,
     config.data.eval_root, config.data.eval_maps_root = folders["val"], folders["val"] + "_maps"
     config.training.skip_slices = 0
     s.output_dir = os.path.join(out, "uncertainty", row, f"acc{acc}", split,
-                                method + ("-cv" if args.cross_validate else "") + tag)
+                                method + ("-cv" if args.cross_validate else "")
+                                + ("-spread" if args.cross_validate and args.spread_level else "") + tag)
     return config
 
 
@@ -155,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
                         "calibration fitted on this row's validation slices")
     parser.add_argument("--noise-replicas", type=int, default=4, help="sampling.noise_replicas")
     parser.add_argument("--cross-validate", action="store_true", help="sampling.cross_validate (folders <method>-cv)")
+    parser.add_argument("--spread-level", action="store_true", help="with --cross-validate: sampling.cv_level=False "
+                        "(folders <method>-cv-spread)")
     parser.add_argument("--val-slices", type=int, default=2, help="validation slices of the calibration")
     parser.add_argument("--max-slices", type=int, default=0, help="the first K test slices only (0: all)")
     parser.add_argument("--num-samples", type=int, default=0, help="posterior samples (0: the config's)")

@@ -85,6 +85,7 @@ def get_default_configs() -> ml_collections.ConfigDict:
     # cross_validate: k-space cross-validation (runners/uncertainty.py): one more sample with every second measured
     # line outside the centre held out; the map's level follows how well it predicts them (about 1/K more time).
     sampling.cross_validate = False
+    sampling.cv_level = True  # with cross_validate: the map's level follows cv_error (False: the samples' spread)
     sampling.noise_replicas = 0
     sampling.error_smoothing = 2.0
     sampling.calibration = ""

@@ -1,4 +1,6 @@
 """k-space cross-validation (sampling.cross_validate): the held-out split of a sampling mask."""
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -64,6 +66,10 @@ def test_slice_columns_set_the_map_to_the_cross_validation_level():
     row, flat = uncertainty.slice_columns(recon, truth, region, None, maps, 0, 1, opts, None)  # one image: flat
     np.testing.assert_allclose(flat, np.sqrt(0.004))
     assert row["pred_psnr"] == pytest.approx(10 * np.log10(recon.max() ** 2 / 0.004))
+    spread_level = dataclasses.replace(opts, cv_level=False)  # cross-validated, the spread's level kept
+    row, error_std = uncertainty.slice_columns(recon, truth, region, std, maps, 0, 4, spread_level, calibration)
+    np.testing.assert_allclose(error_std, 1.5 * np.sqrt(1.25 * std ** 2))
+    assert row["cv_error"] == 0.004
 
 
 def test_the_cross_validated_baseline_decides_the_baseline_warning():
