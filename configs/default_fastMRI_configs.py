@@ -83,7 +83,8 @@ def get_default_configs() -> ml_collections.ConfigDict:
     # reconstruction leaves a misfit of several noise units (5-6 on the brain demo's own test slices, where it beats
     # l1-wavelet by 3 dB), so a fixed threshold warns about good slices; set it from a calibration set.
     # cross_validate: k-space cross-validation (runners/uncertainty.py): one more sample with every second measured
-    # line outside the centre held out; the map's level follows how well it predicts them (about 1/K more time).
+    # line outside the centre held out, scored on them (cv_error; about 1/K more time), and warn_baseline likewise
+    # (cv_margin, the baseline warning); cv_level: the map's level follows cv_error rather than the spread.
     sampling.cross_validate = False
     sampling.cv_level = True  # with cross_validate: the map's level follows cv_error (False: the samples' spread)
     sampling.noise_replicas = 0
