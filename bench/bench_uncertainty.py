@@ -66,9 +66,8 @@ def uncertainty_config(method: str, row: str, folders: dict, acc: int, out: str,
         s.N = args.steps
     config.data.eval_root, config.data.eval_maps_root = folders["val"], folders["val"] + "_maps"
     config.training.skip_slices = 0
-    s.output_dir = os.path.join(out, "uncertainty", row, f"acc{acc}", split,
-                                method + ("-cv" if args.cross_validate else "")
-                                + ("-spread" if args.cross_validate and args.spread_level else "") + tag)
+    kind = ("-cv" if args.cross_validate else "") + ("-spread" if args.spread_level else "")
+    s.output_dir = os.path.join(out, "uncertainty", row, f"acc{acc}", split, method + kind + tag)
     return config
 
 
@@ -165,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--heads", nargs="*", default=[], help="more test images, as in bench_shift.py")
     parser.add_argument("--out", default="results/bench_shift")
     args = parser.parse_args(argv)
+    if args.spread_level and not args.cross_validate:
+        parser.error("--spread-level only changes the map of a cross-validated run: add --cross-validate")
     absl_logging.set_verbosity(absl_logging.WARNING)
     logging.getLogger().setLevel(logging.WARNING)
     from data_prepare.espirit import bart_binary  # noqa: PLC0415

@@ -1,0 +1,31 @@
+"""The error-map benchmark's settings (bench/bench_uncertainty.py): each way of building the map gets its folder."""
+import argparse
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
+import bench_uncertainty  # noqa: E402
+
+FOLDERS = {"test": "/d/test", "val": "/d/val", "test_maps": "/d/test_maps", "val_maps": "/d/val_maps"}
+
+
+@pytest.mark.parametrize("cross_validate, spread_level, folder",
+                         [(False, False, "hfssde"), (True, False, "hfssde-cv"), (True, True, "hfssde-cv-spread")])
+def test_each_map_has_its_folder_and_options(cross_validate, spread_level, folder):
+    args = argparse.Namespace(max_slices=0, noise_replicas=4, num_samples=0, steps=0, cross_validate=cross_validate,
+                              spread_level=spread_level)
+    config = bench_uncertainty.uncertainty_config("hfssde", "fastmri", FOLDERS, 8, "/o", 1e-4, args, "test")
+    s = config.sampling
+    assert s.output_dir == f"/o/uncertainty/fastmri/acc8/test/{folder}"
+    assert (s.cross_validate, s.cv_level) == (cross_validate, not spread_level)
+    assert (s.warn_baseline, s.l1_lambda, s.noise_replicas) == ("l1wavelet", 1e-4, 4)
+    assert config.data.eval_root == "/d/val"
+
+
+def test_spread_level_without_cross_validation_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        bench_uncertainty.main(["--rows", "fastmri", "--spread-level"])
+    message = "--spread-level only changes the map of a cross-validated run: add --cross-validate"
+    assert message in capsys.readouterr().err
