@@ -25,8 +25,8 @@ to `<out>/uncertainty/table.md`, the per-slice numbers to `results.json` and the
 
 Table columns: coverage of ±z·σ at 50/68/90/95 % (mean over test slices; 95 % is ±1.96σ), the pixel rank
 correlation of the map with |error| and, in brackets, the one an exact map of the same values would reach for
-Gaussian errors (utils/metrics.rank_ceiling), the share of slices whose predicted PSNR is within 1.5 dB of the true one,
-warnings: hits (warned among slices where the method is below ℓ1-wavelet) and false warnings (warned among slices
+Gaussian errors (utils/metrics.rank_ceiling), the share of slices whose predicted PSNR is within 1.5 dB of the true
+one, warnings: hits (warned among slices where the method is below ℓ1-wavelet) and false warnings (warned among slices
 where it is ≥ 1 dB above), and the run's warning.
 """
 from __future__ import annotations
