@@ -19,7 +19,7 @@ smoke test):
 
 With `--transfer ROW` every row's test slices are also reconstructed with the calibration (and ℓ1-wavelet λ) of ROW,
 to show what transfers between acquisitions. Outputs go to
-`<out>/uncertainty/<row>/acc<R>/{val,test}/<method>[-cv][_cal-<ROW>]/`; the table (acceptance figures of issue 17)
+`<out>/uncertainty/<row>/acc<R>/{val,test}/<method>[-cv[<n>][-spread]][_cal-<ROW>]/`; the table (acceptance figures of issue 17)
 to `<out>/uncertainty/table.md`, the per-slice numbers to `results.json` and the test reliability diagrams to
 `reliability.png` there.
 
@@ -60,13 +60,16 @@ def uncertainty_config(method: str, row: str, folders: dict, acc: int, out: str,
     s = config.sampling
     s.noise_replicas, s.warn_baseline, s.l1_lambda = args.noise_replicas, "l1wavelet", l1_lambda
     s.cross_validate, s.cv_level = args.cross_validate, not args.spread_level
+    if args.cv_every:
+        s.cv_every = args.cv_every
     if args.num_samples:
         s.num_samples = args.num_samples
     if args.steps:
         s.N = args.steps
     config.data.eval_root, config.data.eval_maps_root = folders["val"], folders["val"] + "_maps"
     config.training.skip_slices = 0
-    kind = ("-cv" if args.cross_validate else "") + ("-spread" if args.spread_level else "")
+    kind = ("-cv" if args.cross_validate else "") + (str(args.cv_every) if args.cv_every else "") + \
+        ("-spread" if args.spread_level else "")
     s.output_dir = os.path.join(out, "uncertainty", row, f"acc{acc}", split, method + kind + tag)
     return config
 
@@ -157,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cross-validate", action="store_true", help="sampling.cross_validate (folders <method>-cv)")
     parser.add_argument("--spread-level", action="store_true", help="with --cross-validate: sampling.cv_level=False "
                         "(folders <method>-cv-spread)")
+    parser.add_argument("--cv-every", type=int, default=0, help="with --cross-validate: sampling.cv_every, every "
+                        "n-th outer line held out (0: the config's, 4; folders <method>-cv<n>)")
     parser.add_argument("--val-slices", type=int, default=2, help="validation slices of the calibration")
     parser.add_argument("--max-slices", type=int, default=0, help="the first K test slices only (0: all)")
     parser.add_argument("--num-samples", type=int, default=0, help="posterior samples (0: the config's)")
@@ -164,8 +169,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--heads", nargs="*", default=[], help="more test images, as in bench_shift.py")
     parser.add_argument("--out", default="results/bench_shift")
     args = parser.parse_args(argv)
-    if args.spread_level and not args.cross_validate:
-        parser.error("--spread-level only changes the map of a cross-validated run: add --cross-validate")
+    for option in ("spread_level", "cv_every"):
+        if getattr(args, option) and not args.cross_validate:
+            parser.error(f"--{option.replace('_', '-')} only changes the map of a cross-validated run: add "
+                         f"--cross-validate")
     absl_logging.set_verbosity(absl_logging.WARNING)
     logging.getLogger().setLevel(logging.WARNING)
     from data_prepare.espirit import bart_binary  # noqa: PLC0415

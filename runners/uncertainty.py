@@ -23,8 +23,9 @@ the map adds as independent variances, per pixel of the magnitude image:
 Level by k-space cross-validation (`sampling.cross_validate`). The samples share most of their error: it lies on the
 k-space lines that were not measured, where the prior fills in the same way in every sample, so the spread says
 too little about its size when the prior fits the image worse than on the validation slices (another contrast).
-The measured lines can tell: the method runs once more (one sample, its own noise seeds) with every second
-measured line outside the fully sampled centre held out (utils/masks.holdout_split), and
+The measured lines can tell: the method runs once more (one sample, its own noise seeds) with every n-th measured
+line outside the fully sampled centre held out (`sampling.cv_every` = n, 4 by default; utils/masks.holdout_split),
+and
 
     cv_error = ‖H (A x_h − y)‖² / |H|
 
@@ -33,10 +34,11 @@ measurement noise included. With `sampling.cv_level` (the default) the map is th
 `var · cv_error / mean(var)` (a flat map of cv_error without one) before the calibration below, whose `c` thereby
 becomes the ratio of the MSE to cv_error on the validation slices. It costs one sample per slice, and the map keeps
 the spread's shape: it changes the level (coverage, predicted PSNR, warnings), not the rank correlation. The held-out
-reconstruction sees half the outer lines (8× for a 4× mask), so its error follows the method at twice the
-acceleration: on the shift benchmark that level predicts the error better than the spread at 8× on another
-contrast, and worse at 4× (bench/README.md); `cv_level=False` keeps the spread's level and the rest of the
-cross-validation (`cv_error`, `cv_margin`). With a baseline (`sampling.warn_baseline`, below) the
+reconstruction sees (n − 1)/n of the outer lines, so its error follows the method at a somewhat higher
+acceleration (its outer lines n/(n − 1) times as far apart on average). With n = 2 that was twice the
+acceleration, and the level and margin judged the method there: more false warnings, a level too high at 4×
+(bench/README.md); a larger n holds out fewer lines and makes the score noisier. `cv_level=False` keeps the spread's level and the
+rest of the cross-validation (`cv_error`, `cv_margin`). With a baseline (`sampling.warn_baseline`, below) the
 baseline is cross-validated on the same split, and
 
     cv_margin = 10 log10(cv_error_baseline / e_K),   e_K = σ̂² + (cv_error − σ̂²)·(1 + 1/K)/2
@@ -143,10 +145,14 @@ class Options:
     cross_validate: bool = False
     warn_margin: float = 0.5
     cv_level: bool = True
+    cv_every: int = 4
 
     def __post_init__(self):
         for key in ("cross_validate", "cv_level"):
             check_setting(f"sampling.{key}", getattr(self, key), isinstance(getattr(self, key), bool), "True or False")
+        check_setting("sampling.cv_every", self.cv_every,
+                      isinstance(self.cv_every, int) and not isinstance(self.cv_every, bool) and self.cv_every >= 2,
+                      "a whole number ≥ 2 (every n-th measured line outside the centre is held out)")
         check_setting("sampling.warn_margin", self.warn_margin, math.isfinite(self.warn_margin), "a finite number (dB)")
         check_setting("sampling.noise_replicas", self.noise_replicas,
                       isinstance(self.noise_replicas, int) and self.noise_replicas >= 0, "a whole number ≥ 0")
@@ -163,12 +169,13 @@ def options(config) -> Options:
     """The `Options` of `config.sampling`, validated."""
     s = config.sampling
     return Options(int(s.noise_replicas), float(s.error_smoothing), float(s.warn_misfit), float(s.warn_spread),
-                   str(s.warn_baseline), str(s.calibration), s.cross_validate, float(s.warn_margin), s.cv_level)
+                   str(s.warn_baseline), str(s.calibration), s.cross_validate, float(s.warn_margin), s.cv_level,
+                   s.cv_every)
 
 
 # The config's defaults (configs/default_fastMRI_configs.py) of the options that shape a result.
 DEFAULTS = {"noise_replicas": 0, "error_smoothing": 2.0, "warn_misfit": 0.0, "warn_spread": 0.0, "warn_baseline": "",
-            "cross_validate": False, "warn_margin": 0.5, "cv_level": True}
+            "cross_validate": False, "warn_margin": 0.5, "cv_level": True, "cv_every": 4}
 
 
 def identity_fields(opts: Options, baseline_settings) -> dict | None:
@@ -253,7 +260,7 @@ def batch_maps(reconstructor, samples: torch.Tensor, y: torch.Tensor, csm: torch
         entry, settings = reconstructor.baseline
         out["baseline"] = entry.item(y, csm, mask, settings)[:, 0].cpu().numpy()
     if opts.cross_validate:
-        kept, held = holdout_split(mask)
+        kept, held = holdout_split(mask, opts.cv_every)
         count = float(torch.broadcast_to(held, y.shape)[0].gt(0).sum())
 
         def held_error(image):  # ‖H (A x − y)‖² / |H| of images `[B, 1, H, W]`

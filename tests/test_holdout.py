@@ -9,18 +9,28 @@ from runners import uncertainty
 from utils.masks import holdout_split, make_mask
 
 
-def test_uniform_mask_splits_into_the_mask_of_twice_the_acceleration():
+def test_uniform_mask_with_every_second_line_held_splits_into_the_mask_of_twice_the_acceleration():
     mask = torch.from_numpy(make_mask("uniform", 128, acc=8, acs=24))[None, None]
-    kept, held = holdout_split(mask)
+    kept, held = holdout_split(mask, every=2)
     np.testing.assert_array_equal(kept[0, 0].numpy(), make_mask("uniform", 128, acc=16, acs=24))
     assert torch.equal(kept + held, mask) and not (kept * held).any()
     assert torch.nonzero(held[0, 0, 0]).flatten().tolist() == [8, 24, 40, 80, 96, 112]
 
 
-@pytest.mark.parametrize("kind", ["cartesian", "random_uniform"])
-def test_random_masks_keep_their_centre_and_hold_every_second_line(kind):
-    mask = torch.from_numpy(make_mask(kind, 64, acc=4, acs=8, seed=3))
+def test_by_default_every_fourth_outer_line_is_held_out():
+    mask = torch.from_numpy(make_mask("uniform", 128, acc=4, acs=24))
     kept, held = holdout_split(mask)
+    centre = range(52, 77)  # the 24 centre columns and the uniform line at 76 next to them
+    outside = [c for c in torch.nonzero(mask[0]).flatten().tolist() if c not in centre]
+    assert outside == [*range(0, 52, 4), *range(80, 128, 4)]
+    assert torch.nonzero(held[0]).flatten().tolist() == outside[3::4] == [12, 28, 44, 88, 104, 120]
+    assert torch.equal(kept + held, mask) and kept[:, 52:77].all()
+
+
+@pytest.mark.parametrize("kind, every", [("cartesian", 2), ("random_uniform", 3)])
+def test_random_masks_keep_their_centre_and_hold_every_nth_line(kind, every):
+    mask = torch.from_numpy(make_mask(kind, 64, acc=4, acs=8, seed=3))
+    kept, held = holdout_split(mask, every)
     lines = torch.nonzero(mask[0] > 0).flatten().tolist()
     left, right = 28, 35  # the 8 centre columns, grown by random lines next to them
     while left - 1 in lines:
@@ -29,7 +39,7 @@ def test_random_masks_keep_their_centre_and_hold_every_second_line(kind):
         right += 1
     assert kept[:, left:right + 1].all() and not held[:, left:right + 1].any()
     outside = [c for c in lines if not left <= c <= right]
-    assert torch.nonzero(held[0]).flatten().tolist() == outside[1::2]
+    assert torch.nonzero(held[0]).flatten().tolist() == outside[every - 1::every]
     assert torch.equal(kept + held, mask)
 
 
@@ -45,8 +55,22 @@ def test_two_dimensional_mask_is_split_by_columns():
 
 @pytest.mark.parametrize("kind", ["low_frequency", "center"])
 def test_a_mask_without_lines_outside_the_centre_cannot_be_cross_validated(kind):
-    with pytest.raises(ValueError, match="sampling.cross_validate needs at least two measured lines"):
+    with pytest.raises(ValueError, match=r"sampling.cv_every=4-th .* which has 0 such lines: lower"):
         holdout_split(torch.from_numpy(make_mask(kind, 32, acs=8)))
+
+
+def test_a_mask_with_fewer_outer_lines_than_cv_every_is_refused_by_name():
+    mask = torch.from_numpy(make_mask("uniform", 32, acc=8, acs=8))  # 3 lines outside the centre
+    assert len(torch.nonzero(holdout_split(mask, 3)[1][0])) == 1
+    with pytest.raises(ValueError, match=r"sampling.cv_every=4-th .* which has 3 such lines"):
+        holdout_split(mask, 4)
+
+
+@pytest.mark.parametrize("value", [1, 0, 2.5, True])
+def test_cv_every_must_be_a_whole_number_of_at_least_two(value):
+    with pytest.raises(ValueError, match="sampling.cv_every"):
+        uncertainty.Options(noise_replicas=0, error_smoothing=0.0, warn_misfit=0.0, warn_spread=0.0,
+                            warn_baseline="", calibration="", cross_validate=True, cv_every=value)
 
 
 def test_slice_columns_set_the_map_to_the_cross_validation_level():

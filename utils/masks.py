@@ -187,13 +187,13 @@ def _follows_rule(mask: np.ndarray, kind: str, acc, acs: int, seed: int) -> bool
         mask, make_mask(kind, n, acc=acc, acs=acs, seed=seed))
 
 
-def holdout_split(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def holdout_split(mask: torch.Tensor, every: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
     """Split a sampling mask `[..., H, W]` into `(kept, held)` for k-space cross-validation: the measured columns
     (phase-encode lines, the last axis; a column counts when any of its samples is measured) outside the centre
     block (the run of measured columns through column W // 2, kept whole) are taken in ascending order and
-    every second one (the 2nd, 4th, …) is held out. `kept + held == mask`; for `uniform_acc{R}` this is
-    `uniform_acc{2R}` with the same centre and the lines between. A mask with fewer than two measured columns outside
-    the centre has nothing to hold out: ValueError."""
+    every `every`-th one (the `every`-th, 2·`every`-th, …) is held out. `kept + held == mask`; for
+    `uniform_acc{R}` and `every=2` this is `uniform_acc{2R}` with the same centre and the lines between. A mask with
+    fewer than `every` measured columns outside the centre has nothing to hold out: ValueError."""
     measured = (mask.reshape(-1, *mask.shape[-2:])[0] > 0).any(dim=0)
     centre = torch.zeros_like(measured)
     middle = len(measured) // 2
@@ -205,10 +205,11 @@ def holdout_split(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             right += 1
         centre[left:right + 1] = True
     outside = torch.nonzero(measured & ~centre).flatten()
-    if len(outside) < 2:
-        raise ValueError(f"sampling.cross_validate needs at least two measured lines outside the fully sampled centre "
-                         f"of the sampling mask; this one has {len(outside)}: switch it off or use another mask")
+    if len(outside) < every:
+        raise ValueError(f"sampling.cross_validate holds out every sampling.cv_every={every}-th measured line outside "
+                         f"the fully sampled centre of the sampling mask, which has {len(outside)} such lines: lower "
+                         f"sampling.cv_every (≥ 2), use another mask, or switch cross-validation off")
     columns = torch.zeros_like(measured)
-    columns[outside[1::2]] = True
+    columns[outside[every - 1::every]] = True
     held = mask * columns.to(mask.dtype)
     return mask - held, held
