@@ -48,7 +48,7 @@ slice's own data, which needs no calibration. `e_K` turns the error of the one c
 of the mean of K that the method returns: beyond the noise σ̂² on the held-out lines (which no image predicts), a
 posterior draw misses by twice the posterior variance and the mean of K by (1 + 1/K) times it — the map's own
 assumption; for one sample or a baseline e_K = cv_error. On slices unlike the validation ones the prediction of
-`pred_margin` (below) can be far off (retina vessels at 8×: predicted +0.6 dB, true −2.9 dB; cv_margin −6.0 dB).
+`pred_margin` (below) can be far off (retina vessels at 8×: predicted +0.7 dB, true −2.9 dB; cv_margin −5.9 dB).
 
 Calibration (`fit`, on the validation slices reconstructed by `--mode calibrate`), over the object's pixels
 (`object_support` of the truth) for `k` and over whole images for the MSE:
