@@ -262,7 +262,8 @@ def _reconstruct(config, workdir: str, ctx: Dist, split: str) -> dict:
     reconstructor = Reconstructor(config, workdir)
     mask = build.sample_mask(config)
     if reconstructor.uncertainty.cross_validate:
-        holdout_split(mask, reconstructor.uncertainty.cv_every)  # a mask with nothing to hold out is refused before any slice is reconstructed
+        # a mask with nothing to hold out is refused before any slice is reconstructed
+        holdout_split(mask, reconstructor.uncertainty.cv_every)
     dataset = datasets.make_dataset(config, split)
     keys = [(dataset.volumes[v].name, s) for v, s in dataset.slices]
     limit = int(config.sampling.max_slices)

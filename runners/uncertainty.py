@@ -37,9 +37,9 @@ the spread's shape: it changes the level (coverage, predicted PSNR, warnings), n
 reconstruction sees (n − 1)/n of the outer lines, so its error follows the method at a somewhat higher
 acceleration (its outer lines n/(n − 1) times as far apart on average). With n = 2 that was twice the
 acceleration, and the level and margin judged the method there: more false warnings, a level too high at 4×
-(bench/README.md); a larger n holds out fewer lines and makes the score noisier. `cv_level=False` keeps the spread's level and the
-rest of the cross-validation (`cv_error`, `cv_margin`). With a baseline (`sampling.warn_baseline`, below) the
-baseline is cross-validated on the same split, and
+(bench/README.md); a larger n holds out fewer lines and makes the score noisier. `cv_level=False` keeps the
+spread's level and the rest of the cross-validation (`cv_error`, `cv_margin`). With a baseline
+(`sampling.warn_baseline`, below) the baseline is cross-validated on the same split, and
 
     cv_margin = 10 log10(cv_error_baseline / e_K),   e_K = σ̂² + (cv_error − σ̂²)·(1 + 1/K)/2
 
