@@ -19,7 +19,7 @@ smoke test):
 
 With `--transfer ROW` every row's test slices are also reconstructed with the calibration (and ℓ1-wavelet λ) of ROW,
 to show what transfers between acquisitions. Outputs go to
-`<out>/uncertainty/<row>/acc<R>/{val,test}/<method>[-cv[<n>][-spread]][_cal-<ROW>]/`; the table (acceptance figures
+`<out>/uncertainty/<row>/acc<R>/{val,test}/<method>[-cv[<n>][f<folds>][-spread]][_cal-<ROW>]/`; the table (acceptance figures
 of issue 17) to `<out>/uncertainty/table.md`, the per-slice numbers to `results.json` and the test reliability
 diagrams to `reliability.png` there.
 
@@ -62,6 +62,8 @@ def uncertainty_config(method: str, row: str, folders: dict, acc: int, out: str,
     s.cross_validate, s.cv_level = args.cross_validate, not args.spread_level
     if args.cv_every:
         s.cv_every = args.cv_every
+    if args.cv_folds:
+        s.cv_folds = args.cv_folds
     if args.num_samples:
         s.num_samples = args.num_samples
     if args.steps:
@@ -69,7 +71,7 @@ def uncertainty_config(method: str, row: str, folders: dict, acc: int, out: str,
     config.data.eval_root, config.data.eval_maps_root = folders["val"], folders["val"] + "_maps"
     config.training.skip_slices = 0
     kind = ("-cv" if args.cross_validate else "") + (str(args.cv_every) if args.cv_every else "") + \
-        ("-spread" if args.spread_level else "")
+        (f"f{args.cv_folds}" if args.cv_folds else "") + ("-spread" if args.spread_level else "")
     s.output_dir = os.path.join(out, "uncertainty", row, f"acc{acc}", split, method + kind + tag)
     return config
 
@@ -162,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
                         "(folders <method>-cv-spread)")
     parser.add_argument("--cv-every", type=int, default=0, help="with --cross-validate: sampling.cv_every, every "
                         "n-th outer line held out (0: the config's, 4; folders <method>-cv<n>)")
+    parser.add_argument("--cv-folds", type=int, default=0, help="with --cross-validate: sampling.cv_folds, disjoint "
+                        "held-out folds (0: the config's, 2; folders <method>-cv[<n>]f<folds>)")
     parser.add_argument("--val-slices", type=int, default=2, help="validation slices of the calibration")
     parser.add_argument("--max-slices", type=int, default=0, help="the first K test slices only (0: all)")
     parser.add_argument("--num-samples", type=int, default=0, help="posterior samples (0: the config's)")
@@ -169,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--heads", nargs="*", default=[], help="more test images, as in bench_shift.py")
     parser.add_argument("--out", default="results/bench_shift")
     args = parser.parse_args(argv)
-    for option in ("spread_level", "cv_every"):
+    for option in ("spread_level", "cv_every", "cv_folds"):
         if getattr(args, option) and not args.cross_validate:
             parser.error(f"--{option.replace('_', '-')} only changes the map of a cross-validated run: add "
                          f"--cross-validate")

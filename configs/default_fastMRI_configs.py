@@ -82,11 +82,13 @@ def get_default_configs() -> ml_collections.ConfigDict:
     # the reconstruction must beat. The misfit test is off by default: without a final data-consistency step a good
     # reconstruction leaves a misfit of several noise units (5-6 on the brain demo's own test slices, where it beats
     # l1-wavelet by 3 dB), so a fixed threshold warns about good slices; set it from a calibration set.
-    # cross_validate: k-space cross-validation (runners/uncertainty.py): one more sample with every cv_every-th
-    # measured line outside the centre held out, scored on them (cv_error; about 1/K more time), and warn_baseline
-    # likewise (cv_margin, the baseline warning); cv_level: the map's level follows cv_error rather than the spread.
+    # cross_validate: k-space cross-validation (runners/uncertainty.py): per fold one more sample with every
+    # cv_every-th measured line outside the centre held out, scored on them (cv_error, pooled over cv_folds disjoint
+    # folds; about cv_folds/K more time), and warn_baseline likewise (cv_margin, the baseline warning); cv_level: the
+    # map's level follows cv_error rather than the spread.
     sampling.cross_validate = False
     sampling.cv_every = 4  # with cross_validate: every 4th measured line outside the centre is held out (≥ 2)
+    sampling.cv_folds = 2  # with cross_validate: folds of held-out lines, disjoint (1 to cv_every)
     sampling.cv_level = True  # with cross_validate: the map's level follows cv_error (False: the samples' spread)
     sampling.noise_replicas = 0
     sampling.error_smoothing = 2.0

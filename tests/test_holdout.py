@@ -73,6 +73,25 @@ def test_cv_every_must_be_a_whole_number_of_at_least_two(value):
                             warn_baseline="", calibration="", cross_validate=True, cv_every=value)
 
 
+def test_folds_hold_out_disjoint_lines_spread_between_one_another():
+    mask = torch.from_numpy(make_mask("uniform", 128, acc=4, acs=24))
+    outside = [*range(0, 52, 4), *range(80, 128, 4)]
+    held = [torch.nonzero(holdout_split(mask, 4, fold, 2)[1][0]).flatten().tolist() for fold in range(2)]
+    assert held == [outside[3::4], outside[1::4]]
+    assert torch.equal(holdout_split(mask, 4, 0, 2)[1], holdout_split(mask)[1])  # fold 0 is the one-fold split
+    held = [holdout_split(mask, 2, fold, 2)[1] for fold in range(2)]  # every 2nd line, two folds: all outer lines
+    assert torch.nonzero(sum(held)[0]).flatten().tolist() == outside and not (held[0] * held[1]).any()
+    held = [torch.nonzero(holdout_split(mask, 4, fold, 3)[1][0]).flatten().tolist() for fold in range(3)]
+    assert held == [outside[3::4], outside[2::4], outside[1::4]]
+
+
+@pytest.mark.parametrize("value", [0, 5, 1.5, True])
+def test_cv_folds_must_be_a_whole_number_up_to_cv_every(value):
+    with pytest.raises(ValueError, match=r"sampling.cv_folds.*from 1 to sampling.cv_every=4"):
+        uncertainty.Options(noise_replicas=0, error_smoothing=0.0, warn_misfit=0.0, warn_spread=0.0,
+                            warn_baseline="", calibration="", cross_validate=True, cv_folds=value)
+
+
 def test_slice_columns_set_the_map_to_the_cross_validation_level():
     rng = np.random.default_rng(7)
     truth = np.pad(rng.uniform(0.5, 1.0, (12, 12)), 4)
@@ -122,9 +141,10 @@ def test_the_cross_validated_baseline_decides_the_baseline_warning():
     assert row["warn"] == 0  # uncalibrated: no prediction to warn with
 
 
-def test_the_harness_measures_the_held_out_lines(make_fastmri, tmp_path):
+@pytest.mark.parametrize("folds", [1, 2])
+def test_the_harness_measures_the_held_out_lines(make_fastmri, tmp_path, folds):
     """`cv_error` of CG-SENSE and `cv_margin` over zero-filled: their reconstructions from the kept lines, against
-    the held-out lines (numpy FFT), on the slices as the harness reads them."""
+    the held-out lines (numpy FFT), pooled over the folds, on the slices as the harness reads them."""
     from conftest import np_fft2c
 
     import datasets
@@ -137,13 +157,12 @@ def test_the_harness_measures_the_held_out_lines(make_fastmri, tmp_path):
     config = get_config()
     config.data.test_roots.knee, config.sampling.datashift = data.root, "knee"
     config.sampling.method, config.sampling.cg_iters, config.sampling.cross_validate = "sense", 5, True
-    config.sampling.warn_baseline = "zero_filled"
+    config.sampling.warn_baseline, config.sampling.cv_folds = "zero_filled", folds
     config.sampling.output_dir = str(tmp_path / "out")
     reconstruct(config, str(tmp_path))
     rows = read_rows(str(tmp_path / "out" / "metrics.csv"))
-    kept, held = holdout_split(build.sample_mask(config))
+    splits = [holdout_split(build.sample_mask(config), 4, fold, folds) for fold in range(folds)]
     dataset = datasets.make_dataset(config, "test")
-    on_held = held.reshape(held.shape[-2:]).numpy()
     assert len(rows) == 2
     for index, row in enumerate(rows):
         item = dataset[index]
@@ -151,9 +170,13 @@ def test_the_harness_measures_the_held_out_lines(make_fastmri, tmp_path):
         expected = {}
         for name in ("sense", "zero_filled"):
             entry, settings = build.METHODS.entry(name), build.method_settings(config, name)
-            x = entry.item(kspace * kept, maps, kept, settings)[0, 0].numpy().astype(np.complex128)
-            missed = (np_fft2c(maps[0].numpy() * x) - kspace[0].numpy()) * on_held
-            expected[name] = np.sum(np.abs(missed) ** 2) / (3 * on_held.sum())
+            squared = count = 0.0
+            for kept, held in splits:
+                on_held = held.reshape(held.shape[-2:]).numpy()
+                x = entry.item(kspace * kept, maps, kept, settings)[0, 0].numpy().astype(np.complex128)
+                squared += np.sum(np.abs((np_fft2c(maps[0].numpy() * x) - kspace[0].numpy()) * on_held) ** 2)
+                count += 3 * on_held.sum()
+            expected[name] = squared / count
         assert row["cv_error"] == pytest.approx(expected["sense"], rel=1e-4)
         assert row["cv_margin"] == pytest.approx(10 * np.log10(expected["zero_filled"] / expected["sense"]), abs=1e-3)
         assert np.isfinite(row["pred_psnr"])

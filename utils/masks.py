@@ -187,12 +187,15 @@ def _follows_rule(mask: np.ndarray, kind: str, acc, acs: int, seed: int) -> bool
         mask, make_mask(kind, n, acc=acc, acs=acs, seed=seed))
 
 
-def holdout_split(mask: torch.Tensor, every: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+def holdout_split(mask: torch.Tensor, every: int = 4, fold: int = 0,
+                  folds: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """Split a sampling mask `[..., H, W]` into `(kept, held)` for k-space cross-validation: the measured columns
     (phase-encode lines, the last axis; a column counts when any of its samples is measured) outside the centre
     block (the run of measured columns through column W // 2, kept whole) are taken in ascending order and
     every `every`-th one (the `every`-th, 2·`every`-th, …) is held out. `kept + held == mask`; for
-    `uniform_acc{R}` and `every=2` this is `uniform_acc{2R}` with the same centre and the lines between. A mask with
+    `uniform_acc{R}` and `every=2` this is `uniform_acc{2R}` with the same centre and the lines between.
+    Fold `fold` of `folds` (1 ≤ `folds` ≤ `every`) shifts the held-out lines `fold·every // folds` back (fold 0 is
+    the split above), so that the folds hold out disjoint lines spread evenly between one another. A mask with
     fewer than `every` measured columns outside the centre has nothing to hold out: ValueError."""
     measured = (mask.reshape(-1, *mask.shape[-2:])[0] > 0).any(dim=0)
     centre = torch.zeros_like(measured)
@@ -210,6 +213,6 @@ def holdout_split(mask: torch.Tensor, every: int = 4) -> tuple[torch.Tensor, tor
                          f"the fully sampled centre of the sampling mask, which has {len(outside)} such lines: lower "
                          f"sampling.cv_every (≥ 2), use another mask, or switch cross-validation off")
     columns = torch.zeros_like(measured)
-    columns[outside[every - 1::every]] = True
+    columns[outside[every - 1 - fold * every // folds::every]] = True
     held = mask * columns.to(mask.dtype)
     return mask - held, held
