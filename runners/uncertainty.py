@@ -32,10 +32,11 @@ once per fold (`sampling.cv_folds` = F, 2 by default: F disjoint sets of held-ou
 (H_f the held-out samples of fold f in every coil, x_f that fold's reconstruction) is how well it predicts data it
 did not see — the measurement noise included. One fold judges the slice on a quarter of its outer lines, and which
 quarter matters on a slice where the method and the baseline are close; a second fold lowers that chance (on the
-mismatch set of bench/README.md, false warnings 4 of 31 with one fold, 3 of 31 with two). With `sampling.cv_level` (the default) the map is then rescaled per slice to
-`var · cv_error / mean(var)` (a flat map of cv_error without one) before the calibration below, whose `c` thereby
-becomes the ratio of the MSE to cv_error on the validation slices. It costs F samples per slice, and the map keeps
-the spread's shape: it changes the level (coverage, predicted PSNR, warnings), not the rank correlation. The held-out
+mismatch set of bench/README.md, false warnings 4 of 31 with one fold, 3 of 31 with two). With
+`sampling.cv_level` (the default) the map is then rescaled per slice to `var · cv_error / mean(var)` (a flat map
+of cv_error without one) before the calibration below, whose `c` thereby becomes the ratio of the MSE to cv_error
+on the validation slices. It costs F samples per slice, and the map keeps the spread's shape: it changes the level
+(coverage, predicted PSNR, warnings), not the rank correlation. The held-out
 reconstruction sees (n − 1)/n of the outer lines, so its error follows the method at a somewhat higher
 acceleration (its outer lines n/(n − 1) times as far apart on average). With n = 2 that was twice the
 acceleration, and the level and margin judged the method there: more false warnings, a level too high at 4×
