@@ -19,9 +19,9 @@ smoke test):
 
 With `--transfer ROW` every row's test slices are also reconstructed with the calibration (and ℓ1-wavelet λ) of ROW,
 to show what transfers between acquisitions. Outputs go to
-`<out>/uncertainty/<row>/acc<R>/{val,test}/<method>[-cv[<n>][f<folds>][-spread]][_cal-<ROW>]/`; the table (acceptance figures
-of issue 17) to `<out>/uncertainty/table.md`, the per-slice numbers to `results.json` and the test reliability
-diagrams to `reliability.png` there.
+`<out>/uncertainty/<row>/acc<R>/{val,test}/<method>[-cv[<n>][f<folds>][-spread]][_cal-<ROW>]/`; the table
+(acceptance figures of issue 17) to `<out>/uncertainty/table.md`, the per-slice numbers to `results.json` and the
+test reliability diagrams to `reliability.png` there.
 
 Table columns: coverage of ±z·σ at 50/68/90/95 % (mean over test slices; 95 % is ±1.96σ), the pixel rank
 correlation of the map with |error| and, in brackets, the one an exact map of the same values would reach for

@@ -111,7 +111,7 @@ from runners import build
 from runners.identity import Identity, differences, flat, jsonable
 from utils import metrics
 from utils.atomic import write_json
-from utils.common import check_setting, derived_seed, finite_at_least
+from utils.common import check_setting, derived_seed, finite_at_least, whole_between
 from utils.masks import holdout_split
 from utils.mri import sense_forward
 from utils.noise import noise_sigma, replica_variance
@@ -154,16 +154,13 @@ class Options:
     def __post_init__(self):
         for key in ("cross_validate", "cv_level"):
             check_setting(f"sampling.{key}", getattr(self, key), isinstance(getattr(self, key), bool), "True or False")
-        check_setting("sampling.cv_every", self.cv_every,
-                      isinstance(self.cv_every, int) and not isinstance(self.cv_every, bool) and self.cv_every >= 2,
+        check_setting("sampling.cv_every", self.cv_every, whole_between(self.cv_every, 2),
                       "a whole number ≥ 2 (every n-th measured line outside the centre is held out)")
-        check_setting("sampling.cv_folds", self.cv_folds,
-                      isinstance(self.cv_folds, int) and not isinstance(self.cv_folds, bool)
-                      and 1 <= self.cv_folds <= self.cv_every,
+        check_setting("sampling.cv_folds", self.cv_folds, whole_between(self.cv_folds, 1, self.cv_every),
                       f"a whole number from 1 to sampling.cv_every={self.cv_every} (disjoint held-out folds)")
         check_setting("sampling.warn_margin", self.warn_margin, math.isfinite(self.warn_margin), "a finite number (dB)")
-        check_setting("sampling.noise_replicas", self.noise_replicas,
-                      isinstance(self.noise_replicas, int) and self.noise_replicas >= 0, "a whole number ≥ 0")
+        check_setting("sampling.noise_replicas", self.noise_replicas, whole_between(self.noise_replicas, 0),
+                      "a whole number ≥ 0")
         for key in ("error_smoothing", "warn_misfit", "warn_spread"):
             value = getattr(self, key)
             check_setting(f"sampling.{key}", value, finite_at_least(value, 0), "a finite number ≥ 0 (0: off)")
@@ -183,8 +180,7 @@ def options(config) -> Options:
 
 # The config's defaults (configs/default_fastMRI_configs.py) of the options that shape a result.
 DEFAULTS = {"noise_replicas": 0, "error_smoothing": 2.0, "warn_misfit": 0.0, "warn_spread": 0.0, "warn_baseline": "",
-            "cross_validate": False, "warn_margin": 0.5, "cv_level": True, "cv_every": 4,
-            "cv_folds": 2}
+            "cross_validate": False, "warn_margin": 0.5, "cv_level": True, "cv_every": 4, "cv_folds": 2}
 
 
 def identity_fields(opts: Options, baseline_settings) -> dict | None:

@@ -82,6 +82,11 @@ def finite_at_least(value, low: float) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value) and value >= low
 
 
+def whole_between(value, low: int, high: float = math.inf) -> bool:
+    """Whether `value` is a whole number (an int, not a bool) with `low` ≤ `value` ≤ `high`."""
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
 def finite_above(value, low: float) -> bool:
     """Whether `value` is a finite number > `low` (False for NaN)."""
     return finite_at_least(value, low) and value > low
