@@ -19,7 +19,7 @@ smoke test):
 
 With `--transfer ROW` every row's test slices are also reconstructed with the calibration (and ℓ1-wavelet λ) of ROW,
 to show what transfers between acquisitions. Outputs go to
-`<out>/uncertainty/<row>/acc<R>/{val,test}/<method>[-cv[<n>][f<folds>][-spread]][_cal-<ROW>]/`; the table
+`<out>/uncertainty/<row>/acc<R>/{val,test}/<method>[-cv[<n>][f<folds>][-<level>]][_cal-<ROW>]/`; the table
 (acceptance figures of issue 17) to `<out>/uncertainty/table.md`, the per-slice numbers to `results.json` and the
 test reliability diagrams to `reliability.png` there.
 
@@ -45,6 +45,7 @@ from absl import logging as absl_logging  # noqa: E402
 from runners.calibrate import calibrate  # noqa: E402
 from runners.outputs import read_rows  # noqa: E402
 from runners.reconstruct import reconstruct  # noqa: E402
+from runners.uncertainty import CV_LEVELS  # noqa: E402
 from utils.figures import save_reliability  # noqa: E402
 
 METHODS = ("hfssde", "vpsde", "hfssde-pc")
@@ -59,7 +60,9 @@ def uncertainty_config(method: str, row: str, folders: dict, acc: int, out: str,
     config = bench_shift.method_config(method, row, folders, "test", acc, out, max_slices=args.max_slices)
     s = config.sampling
     s.noise_replicas, s.warn_baseline, s.l1_lambda = args.noise_replicas, "l1wavelet", l1_lambda
-    s.cross_validate, s.cv_level = args.cross_validate, not args.spread_level
+    s.cross_validate = args.cross_validate
+    if args.cv_level:
+        s.cv_level = args.cv_level
     if args.cv_every:
         s.cv_every = args.cv_every
     if args.cv_folds:
@@ -71,7 +74,7 @@ def uncertainty_config(method: str, row: str, folders: dict, acc: int, out: str,
     config.data.eval_root, config.data.eval_maps_root = folders["val"], folders["val"] + "_maps"
     config.training.skip_slices = 0
     kind = ("-cv" if args.cross_validate else "") + (str(args.cv_every) if args.cv_every else "") + \
-        (f"f{args.cv_folds}" if args.cv_folds else "") + ("-spread" if args.spread_level else "")
+        (f"f{args.cv_folds}" if args.cv_folds else "") + (f"-{args.cv_level}" if args.cv_level else "")
     s.output_dir = os.path.join(out, "uncertainty", row, f"acc{acc}", split, method + kind + tag)
     return config
 
@@ -160,8 +163,9 @@ def main(argv: list[str] | None = None) -> int:
                         "calibration fitted on this row's validation slices")
     parser.add_argument("--noise-replicas", type=int, default=4, help="sampling.noise_replicas")
     parser.add_argument("--cross-validate", action="store_true", help="sampling.cross_validate (folders <method>-cv)")
-    parser.add_argument("--spread-level", action="store_true", help="with --cross-validate: sampling.cv_level=False "
-                        "(folders <method>-cv-spread)")
+    parser.add_argument("--cv-level", choices=[v for v in CV_LEVELS if v != "max"], default="",
+                        help="with --cross-validate: sampling.cv_level (default: the config's, 'max'; folders "
+                        "<method>-cv-<level>)")
     parser.add_argument("--cv-every", type=int, default=0, help="with --cross-validate: sampling.cv_every, every "
                         "n-th outer line held out (0: the config's, 4; folders <method>-cv<n>)")
     parser.add_argument("--cv-folds", type=int, default=0, help="with --cross-validate: sampling.cv_folds, disjoint "
@@ -173,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--heads", nargs="*", default=[], help="more test images, as in bench_shift.py")
     parser.add_argument("--out", default="results/bench_shift")
     args = parser.parse_args(argv)
-    for option in ("spread_level", "cv_every", "cv_folds"):
+    for option in ("cv_level", "cv_every", "cv_folds"):
         if getattr(args, option) and not args.cross_validate:
             parser.error(f"--{option.replace('_', '-')} only changes the map of a cross-validated run: add "
                          f"--cross-validate")

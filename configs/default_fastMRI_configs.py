@@ -85,11 +85,11 @@ def get_default_configs() -> ml_collections.ConfigDict:
     # cross_validate: k-space cross-validation (runners/uncertainty.py): per fold one more sample with every
     # cv_every-th measured line outside the centre held out, scored on them (cv_error, pooled over cv_folds disjoint
     # folds; about cv_folds/K more time), and warn_baseline likewise (cv_margin, the baseline warning); cv_level: the
-    # map's level follows cv_error rather than the spread.
+    # map's level follows the larger of the spread's and cv_error (calibrated to one scale), cv_error, or the spread.
     sampling.cross_validate = False
     sampling.cv_every = 4  # with cross_validate: every 4th measured line outside the centre is held out (≥ 2)
     sampling.cv_folds = 2  # with cross_validate: folds of held-out lines, disjoint (1 to cv_every)
-    sampling.cv_level = True  # with cross_validate: the map's level follows cv_error (False: the samples' spread)
+    sampling.cv_level = "max"  # with cross_validate: the map's level: 'max' (the larger of the two), 'cv', 'spread'
     sampling.noise_replicas = 0
     sampling.error_smoothing = 2.0
     sampling.calibration = ""

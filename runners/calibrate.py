@@ -6,10 +6,10 @@
 The method reconstructs the first `--tune_slices` slices of `data.eval_root` (never the test set) through the
 reconstruction harness, uncalibrated, into `<workdir>/calibrate/<identity>/` (or `sampling.output_dir`), with every
 output of a reconstruction (a rerun reuses the finished slices); then `uncertainty.fit` finds the map's scale k, the
-MSE scale c and the baseline ratio r on them, and `calibration.json` (the numbers, the setting they hold for, the
-validation coverage before and after, the predicted and true PSNR of each slice) and `reliability.png` (before and
-after) are written there. One override applies it to a test run of the same setting:
-`--config.sampling.calibration=<workdir>/calibrate/<identity>/calibration.json`.
+MSE scale c, the baseline ratio r and, with cross-validation, the ratio ρ of the map's two levels on them, and
+`calibration.json` (the numbers, the setting they hold for, the validation coverage before and after, the predicted
+and true PSNR of each slice) and `reliability.png` (before and after) are written there. One override applies it to a
+test run of the same setting: `--config.sampling.calibration=<workdir>/calibrate/<identity>/calibration.json`.
 
 Under `torchrun` the ranks share the validation slices as in a reconstruction; rank 0 alone fits and writes the
 calibration (the other ranks return None).
@@ -45,8 +45,10 @@ def calibrate(config, workdir: str, num_slices: int = 2) -> dict | None:
         return None
     rows = read_rows(os.path.join(out, "metrics.csv"))
     slices = uncertainty.read_maps(out, rows, mat_path)
-    calibration = uncertainty.fit(slices, object_support)
-    scaled = [{**s, "error_std": calibration.scale * s["error_std"]} for s in slices]
+    cv_level = uncertainty.options(config).cv_level
+    calibration = uncertainty.fit(slices, object_support, cv_level)
+    scaled = [{**s, "error_std": calibration.scale * s["error_std"]}
+              for s in uncertainty.at_level(slices, cv_level, calibration.cv_ratio)]
     predicted = [metrics.predicted_psnr(float(s["recon"].max()), calibration.mse_scale * s["error_std"] ** 2)
                  for s in scaled]
     report = {"slices": len(slices), "data": config.data.eval_root,
@@ -62,8 +64,9 @@ def calibrate(config, workdir: str, num_slices: int = 2) -> dict | None:
                      f"{len(slices)} validation slice(s): k = {calibration.scale:.3g}, c = {calibration.mse_scale:.3g}")
     before, after = (dict(zip(report[k]["nominal"], report[k]["observed"]))[uncertainty.CALIBRATION_LEVEL]
                      for k in ("before", "after"))
-    logging.info("calibrated on %d validation slices: scale %.4g, MSE scale %.4g, baseline ratio %.4g; coverage of "
-                 "the 95 %% interval %.3f before, %.3f after; predicted PSNR %s against %s (dB) -> %s", len(slices),
-                 calibration.scale, calibration.mse_scale, calibration.baseline_ratio, before, after,
-                 [round(p, 2) for p in predicted], [round(p, 2) for p in report["psnr"]], path)
+    logging.info("calibrated on %d validation slices: scale %.4g, MSE scale %.4g, baseline ratio %.4g, level ratio "
+                 "%.4g; coverage of the 95 %% interval %.3f before, %.3f after; predicted PSNR %s against %s (dB) -> "
+                 "%s", len(slices), calibration.scale, calibration.mse_scale, calibration.baseline_ratio,
+                 calibration.cv_ratio, before, after, [round(p, 2) for p in predicted],
+                 [round(p, 2) for p in report["psnr"]], path)
     return {**report, "calibration": calibration, "path": path}

@@ -92,6 +92,13 @@ def test_cv_folds_must_be_a_whole_number_up_to_cv_every(value):
                             warn_baseline="", calibration="", cross_validate=True, cv_folds=value)
 
 
+@pytest.mark.parametrize("value", [True, False, "both", ""])
+def test_cv_level_must_be_one_of_the_three_levels(value):
+    with pytest.raises(ValueError, match=r"sampling.cv_level=.* one of \['max', 'cv', 'spread'\].*True was 'cv'"):
+        uncertainty.Options(noise_replicas=0, error_smoothing=0.0, warn_misfit=0.0, warn_spread=0.0,
+                            warn_baseline="", calibration="", cross_validate=True, cv_level=value)
+
+
 def test_slice_columns_set_the_map_to_the_cross_validation_level():
     rng = np.random.default_rng(7)
     truth = np.pad(rng.uniform(0.5, 1.0, (12, 12)), 4)
@@ -100,19 +107,64 @@ def test_slice_columns_set_the_map_to_the_cross_validation_level():
                                warn_baseline="", calibration="", cross_validate=True)
     maps = {"sigma": np.array([0.1]), "misfit": np.array([1.0]), "cv_error": np.array([0.004])}
     region = lambda image: image > 0.1  # noqa: E731
-    calibration = uncertainty.Calibration(scale=1.5, mse_scale=0.8)
-    row, error_std = uncertainty.slice_columns(recon, truth, region, std, maps, 0, 4, opts, calibration)
-    variance = 1.25 * std ** 2 * 0.004 / np.mean(1.25 * std ** 2)  # the spread's shape at the held-out level
-    np.testing.assert_allclose(error_std, 1.5 * np.sqrt(variance))
-    assert row["cv_error"] == 0.004
-    assert row["pred_psnr"] == pytest.approx(10 * np.log10(recon.max() ** 2 / (0.8 * 1.5 ** 2 * 0.004)))
-    row, flat = uncertainty.slice_columns(recon, truth, region, None, maps, 0, 1, opts, None)  # one image: flat
-    np.testing.assert_allclose(flat, np.sqrt(0.004))
-    assert row["pred_psnr"] == pytest.approx(10 * np.log10(recon.max() ** 2 / 0.004))
-    spread_level = dataclasses.replace(opts, cv_level=False)  # cross-validated, the spread's level kept
-    row, error_std = uncertainty.slice_columns(recon, truth, region, std, maps, 0, 4, spread_level, calibration)
-    np.testing.assert_allclose(error_std, 1.5 * np.sqrt(1.25 * std ** 2))
-    assert row["cv_error"] == 0.004
+    spread = 1.25 * std ** 2  # (1 + 1/K)·s², K = 4
+    assert np.mean(spread) < 0.004 < 20 * np.mean(spread)
+    for level, cv_ratio, mean in (("max", 1.0, 0.004), ("max", 0.05, np.mean(spread)), ("cv", 0.05, 0.004),
+                                  ("spread", 1.0, np.mean(spread))):
+        calibration = uncertainty.Calibration(scale=1.5, mse_scale=0.8, cv_ratio=cv_ratio)
+        row, error_std = uncertainty.slice_columns(recon, truth, region, std, maps, 0, 4,
+                                                   dataclasses.replace(opts, cv_level=level), calibration)
+        np.testing.assert_allclose(error_std, 1.5 * np.sqrt(spread * mean / np.mean(spread)))  # the spread's shape
+        assert (row["cv_error"], row["spread_level"]) == (0.004, pytest.approx(np.mean(spread)))
+        assert row["pred_psnr"] == pytest.approx(10 * np.log10(recon.max() ** 2 / (0.8 * 1.5 ** 2 * mean)))
+    for level in ("max", "cv"):  # one image and no replicas: a flat map at the held-out level
+        row, flat = uncertainty.slice_columns(recon, truth, region, None, maps, 0, 1,
+                                              dataclasses.replace(opts, cv_level=level), None)
+        np.testing.assert_allclose(flat, np.sqrt(0.004))
+        assert row["pred_psnr"] == pytest.approx(10 * np.log10(recon.max() ** 2 / 0.004))
+        assert "spread_level" not in row
+
+
+def _columns(slices, opts, calibration):
+    """slice_columns of `slices` (truth, recon, std, cv), with what `read_maps` gives a calibration."""
+    region = lambda image: image > 0.1  # noqa: E731
+    out = []
+    for s in slices:
+        maps = {"sigma": np.array([0.01]), "misfit": np.array([1.0]), "cv_error": np.array([s["cv"]])}
+        row, error_std = uncertainty.slice_columns(s["recon"], s["truth"], region, s["std"], maps, 0, 4, opts,
+                                                   calibration)
+        out.append({"recon": s["recon"], "truth": s["truth"], "error_std": error_std, "cv_error": row["cv_error"],
+                    "spread_level": row["spread_level"], "pred_psnr": row["pred_psnr"]})
+    return out
+
+
+@pytest.mark.parametrize("cv_level", ["max", "cv", "spread"])
+def test_the_calibrated_map_is_the_one_the_calibration_was_fitted_on(cv_level):
+    """`fit` on an uncalibrated validation run (ρ = 1) sets its maps to the fitted ρ (`at_level`); a run with the
+    calibration then makes exactly those maps, times k, and its ±1.96σ covers 95 % of the validation pixels."""
+    rng = np.random.default_rng(3)
+    slices = []
+    for spread_scale, cv in ((0.02, 4e-4), (0.01, 3e-3), (0.03, 1e-4)):  # levels that disagree both ways
+        truth = np.pad(rng.uniform(0.5, 1.0, (16, 16)), 4)
+        slices.append({"truth": truth, "recon": truth + rng.normal(0, 0.03, truth.shape), "cv": cv,
+                       "std": spread_scale * rng.uniform(0.5, 1.5, truth.shape)})
+    opts = uncertainty.Options(noise_replicas=0, error_smoothing=1.0, warn_misfit=0.0, warn_spread=0.0,
+                               warn_baseline="", calibration="", cross_validate=True, cv_level=cv_level)
+    validation = _columns(slices, opts, None)
+    region = lambda image: image > 0.1  # noqa: E731
+    calibration = uncertainty.fit(validation, region, cv_level)
+    levels = np.array([[v["spread_level"], v["cv_error"]] for v in validation])
+    expected = np.exp(np.mean(np.log(levels[:, 0] / levels[:, 1]))) if cv_level == "max" else 1.0
+    assert calibration.cv_ratio == pytest.approx(expected)
+    calibrated = _columns(slices, opts, calibration)
+    for v, c, (spread_level, cv_error) in zip(uncertainty.at_level(validation, cv_level, calibration.cv_ratio),
+                                               calibrated, levels):
+        np.testing.assert_allclose(c["error_std"], calibration.scale * v["error_std"], rtol=1e-12)
+        mean = {"max": max(spread_level, expected * cv_error), "cv": cv_error, "spread": spread_level}[cv_level]
+        np.testing.assert_allclose(np.mean(c["error_std"] ** 2), calibration.scale ** 2 * mean, rtol=1e-12)
+    inside = np.concatenate([np.abs(c["recon"] - c["truth"])[region(c["truth"])] <= 1.96 * c["error_std"][
+        region(c["truth"])] for c in calibrated])
+    assert inside.mean() == pytest.approx(0.95, abs=0.01)
 
 
 def test_the_cross_validated_baseline_decides_the_baseline_warning():

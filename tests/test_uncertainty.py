@@ -299,3 +299,31 @@ def test_calibrate_then_reconstruct_with_the_calibration(harness, tmp_path):
     config.sampling.acc, config.sampling.output_dir = 2, str(tmp_path / "other")
     with pytest.raises(ValueError, match=r"was fitted for another setting \(differs in mask"):
         reconstruct(config, workdir)
+
+
+def test_calibrated_cross_validated_maps_take_the_larger_level(harness, tmp_path):
+    """`cv_level='max'` end to end: the calibration's ρ is the validation rows' geometric mean of spread_level /
+    cv_error, and each test map's mean square is k²·max(spread_level, ρ·cv_error) of its row."""
+    import os
+
+    import scipy.io
+
+    from runners.calibrate import calibrate
+    from runners.outputs import read_rows
+    from runners.reconstruct import reconstruct
+
+    config, workdir = harness
+    config.sampling.cross_validate = True
+    report = calibrate(config, workdir, 2)
+    validation = read_rows(os.path.join(os.path.dirname(report["path"]), "metrics.csv"))
+    ratios = [r["spread_level"] / r["cv_error"] for r in validation]
+    calibration = report["calibration"]
+    assert calibration.cv_ratio == pytest.approx(np.exp(np.mean(np.log(ratios))))
+    config.sampling.calibration, config.sampling.output_dir = report["path"], str(tmp_path / "test")
+    reconstruct(config, workdir)
+    rows = read_rows(str(tmp_path / "test" / "metrics.csv"))
+    assert len(rows) == 2
+    for row in rows:
+        error_std = scipy.io.loadmat(tmp_path / "test" / f"recon_{row['fname']}_{row['slice']}.mat")["error_std"]
+        level = max(row["spread_level"], calibration.cv_ratio * row["cv_error"])
+        assert np.mean(error_std.astype(np.float64) ** 2) == pytest.approx(calibration.scale ** 2 * level, rel=1e-5)
