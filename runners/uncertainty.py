@@ -237,6 +237,10 @@ def load_calibration(path: str, identity: Identity) -> Calibration | None:
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ValueError(f"sampling.calibration={path}: not a readable calibration.json of `main.py --mode "
                          f"calibrate` ({err})") from err
+    damaged = [f"{k}={v!r}" for k, v in asdict(calibration).items() if not (finite_at_least(v, 0) and v > 0)]
+    if damaged:
+        raise ValueError(f"sampling.calibration={path} holds numbers no calibration can have ({', '.join(damaged)}: "
+                         f"each must be a finite number > 0); fit it again with `python main.py --mode calibrate`")
     changed = differences(key, calibration_key(identity.fields))
     if changed:
         raise ValueError(f"sampling.calibration={path} was fitted for another setting (differs in "

@@ -327,3 +327,22 @@ def test_calibrated_cross_validated_maps_take_the_larger_level(harness, tmp_path
         error_std = scipy.io.loadmat(tmp_path / "test" / f"recon_{row['fname']}_{row['slice']}.mat")["error_std"]
         level = max(row["spread_level"], calibration.cv_ratio * row["cv_error"])
         assert np.mean(error_std.astype(np.float64) ** 2) == pytest.approx(calibration.scale ** 2 * level, rel=1e-5)
+
+
+@pytest.mark.parametrize("text, message", [
+    ('{"calibration": {"scale": 1.2, "mse_scale"', "not a readable calibration.json"),  # cut off mid-write
+    ('{"calibration": {"scale": 1.2, "cv_ratio": NaN}, "key": {}}', r"cv_ratio=nan.*finite number > 0"),
+    ('{"calibration": {"scale": -1.0}, "key": {}}', r"scale=-1.0.*finite number > 0"),
+    ('{"calibration": {"scale": 1.2, "spread": 2}, "key": {}}', "not a readable calibration.json"),
+    ('[1, 2]', "not a readable calibration.json"),
+])
+def test_a_damaged_calibration_file_is_refused_by_name(tmp_path, text, message):
+    from runners.identity import Identity
+
+    path = tmp_path / "calibration.json"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message) as err:
+        uncertainty.load_calibration(str(path), Identity("x", {}))
+    assert str(path) in str(err.value)
+    path.write_text('{"calibration": {"scale": 1.2, "cv_ratio": 0.5}, "key": {}}')
+    assert uncertainty.load_calibration(str(path), Identity("x", {})) == uncertainty.Calibration(1.2, cv_ratio=0.5)
