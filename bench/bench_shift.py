@@ -65,14 +65,15 @@ from utils.masks import make_mask  # noqa: E402
 from utils.mri import center_crop, conjugate_gradient, crop_kspace, sense_adjoint, sense_normal  # noqa: E402
 from utils.noise import noise_sigma  # noqa: E402
 
-HEADS = "data/shift_bench/heads.npz"
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HEADS = os.path.join(REPOSITORY, "data", "shift_bench", "heads.npz")
 # Scanner slices of another contrast than every image above (T2-weighted: bright fluid), for `--heads`: the dipy
 # wheel's b0 volume of a diffusion scan (128², 2 mm; two axial slices) and its anisotropic-voxel volume (58², 4 mm).
-CONTRAST = "data/shift_bench/t2_contrast.npy"
+CONTRAST = os.path.join(REPOSITORY, "data", "shift_bench", "t2_contrast.npy")
 OTHER_CONTRAST = {"S0_10slices.nii.gz": (4, 6), "aniso_vox.nii.gz": (12, 15)}
 # Images the brain prior does not fit, for `--heads` (the warnings of runners/uncertainty.py need slices where a
 # diffusion method loses): scikit-image's sample images and a test slice with three sharp lesions (`LESIONS`).
-MISMATCH = "data/shift_bench/mismatch.npy"
+MISMATCH = os.path.join(REPOSITORY, "data", "shift_bench", "mismatch.npy")
 MISMATCH_IMAGES = ("shepp_logan_phantom", "camera", "coins", "microaneurysms", "moon", "retina", "brick", "grass",
                    "text", "cell", "binary_blobs")
 LESIONS = ((50, 45, 5, 1.0), (70, 80, 4, 0.9), (85, 55, 6, 0.05))  # row, column, radius (pixels), intensity
@@ -160,7 +161,10 @@ def load_heads(extra: list[str]) -> dict[str, np.ndarray]:
     heads = np.load(HEADS)
     test = [heads["test"].astype(np.float64)]
     for path in extra:
-        stack, spacing = load_stack(path, None)
+        try:
+            stack, spacing = load_stack(path, None)
+        except (OSError, ValueError) as err:
+            raise SystemExit(f"--heads {path}: {err}") from err
         test.append(np.stack([fit_to_size(s / max(s.max(), 1e-12), spacing, SIZE, "fit") for s in np.abs(stack)]))
     return {"val": heads["val"].astype(np.float64), "test": np.concatenate(test)}
 
@@ -227,7 +231,7 @@ def method_config(method: str, row: str, folders: dict[str, str], split: str, ac
                   max_slices: int = 0):
     config = (vp_brain if method.startswith("vpsde") else hfs_brain)()
     s = config.sampling
-    s.checkpoint = ACQUISITION_WEIGHTS.get(method, s.checkpoint)
+    s.checkpoint = os.path.join(REPOSITORY, ACQUISITION_WEIGHTS.get(method, s.checkpoint))  # from any folder
     if method in BASELINES.names():
         s.method, s.num_samples = method, 1
     if method == "hfssde-pc":

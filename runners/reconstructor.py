@@ -68,7 +68,10 @@ def checkpoint_path(config, workdir: str) -> str:
             f"<workdir>/<run>/checkpoints/checkpoint_<epoch>.pth), then pass --config.sampling.folder=<run> "
             f"--config.sampling.ckpt=<epoch>; put published weights at "
             f"{os.path.join(workdir, '<folder>', 'checkpoints', 'checkpoint_190.pth')}; or give any file with "
-            f"--config.sampling.checkpoint=<path>")
+            f"--config.sampling.checkpoint=<path>" + ("" if os.path.isabs(path) else
+                                                      f" (a relative path is read from the current folder, "
+                                                      f"{os.getcwd()}: run from the repository root, or give an "
+                                                      f"absolute path)"))
     return path
 
 

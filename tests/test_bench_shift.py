@@ -2,6 +2,8 @@
 import os
 import sys
 
+import pytest
+
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
 import bench_shift  # noqa: E402
 
@@ -71,3 +73,10 @@ def test_the_mismatch_set_is_made_from_the_listed_images_and_a_lesioned_slice():
     brain = np.load(os.path.join(root, bench_shift.HEADS))["test"][2].astype(np.float64)  # make_heads' test slice
     committed = np.load(os.path.join(root, bench_shift.MISMATCH))
     np.testing.assert_allclose(committed, bench_shift.mismatch_images(brain), atol=1e-6)  # what the code makes
+
+
+def test_a_heads_file_that_cannot_be_read_is_named(tmp_path):
+    (tmp_path / "notes.txt").write_text("not an image")
+    for path, reason in ((tmp_path / "missing.nii.gz", "No such file"), (tmp_path / "notes.txt", "unsupported")):
+        with pytest.raises(SystemExit, match=f"--heads {path}: .*{reason}"):
+            bench_shift.load_heads([str(path)])

@@ -134,6 +134,16 @@ def test_main_prints_one_line_for_a_missing_checkpoint(tmp_path):
                              "--workdir", str(tmp_path)], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode != 0
     assert "main.py: error: no checkpoint at" in result.stderr and "Traceback" not in result.stderr
+    assert "current folder" not in result.stderr  # the path under --workdir is absolute
+
+
+def test_a_relative_checkpoint_path_names_the_folder_it_was_read_from(tmp_path):
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "main.py"), "--mode", "sample", "--config",
+                             os.path.join(ROOT, "configs", "hfssde", "brain_demo.py")], cwd=tmp_path,
+                            capture_output=True, text=True)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "no checkpoint at demo/hfssde_brain_demo.pth" in result.stderr
+    assert f"read from the current folder, {tmp_path}: run from the repository root" in result.stderr
 
 
 def test_cuda_speed_options_are_ignored_on_cpu(setup, caplog):
