@@ -137,7 +137,8 @@ def main(argv):
             command = sample_command(f"--config.sampling.calibration={report['path']}")
             cal = report["calibration"]
             print(f"calibrated on {report['slices']} validation slices: scale {cal.scale:.4g}, MSE scale "
-                  f"{cal.mse_scale:.4g}, baseline ratio {cal.baseline_ratio:.4g}\nreconstruct with it:\n  {command}")
+                  f"{cal.mse_scale:.4g}, baseline ratio {cal.baseline_ratio:.4g}, level ratio {cal.cv_ratio:.4g}\n"
+                  f"reconstruct with it:\n  {command}")
         else:
             from runners.reconstruct import reconstruct
             reconstruct(config, FLAGS.workdir)
