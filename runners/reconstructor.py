@@ -63,15 +63,14 @@ def checkpoint_path(config, workdir: str) -> str:
     s = config.sampling
     path = s.checkpoint or os.path.join(workdir, s.folder, "checkpoints", f"checkpoint_{s.ckpt}.pth")
     if not os.path.isfile(path):
+        where = "" if os.path.isabs(path) else (f" (a relative path is read from the current folder, {os.getcwd()}: "
+                                                f"run from the repository root, or give an absolute path)")
         raise FileNotFoundError(
             f"no checkpoint at {path}. Train one with `bash train_fastMRI.sh {config.training.sde}` (it writes "
             f"<workdir>/<run>/checkpoints/checkpoint_<epoch>.pth), then pass --config.sampling.folder=<run> "
             f"--config.sampling.ckpt=<epoch>; put published weights at "
             f"{os.path.join(workdir, '<folder>', 'checkpoints', 'checkpoint_190.pth')}; or give any file with "
-            f"--config.sampling.checkpoint=<path>" + ("" if os.path.isabs(path) else
-                                                      f" (a relative path is read from the current folder, "
-                                                      f"{os.getcwd()}: run from the repository root, or give an "
-                                                      f"absolute path)"))
+            f"--config.sampling.checkpoint=<path>{where}")
     return path
 
 

@@ -1,5 +1,6 @@
 """The shift benchmark's table (bench/bench_shift.py): rows merged from runs over different numbers of slices."""
 import os
+import re
 import sys
 
 import pytest
@@ -78,5 +79,5 @@ def test_the_mismatch_set_is_made_from_the_listed_images_and_a_lesioned_slice():
 def test_a_heads_file_that_cannot_be_read_is_named(tmp_path):
     (tmp_path / "notes.txt").write_text("not an image")
     for path, reason in ((tmp_path / "missing.nii.gz", "No such file"), (tmp_path / "notes.txt", "unsupported")):
-        with pytest.raises(SystemExit, match=f"--heads {path}: .*{reason}"):
+        with pytest.raises(SystemExit, match=f"--heads {re.escape(str(path))}: .*{reason}"):
             bench_shift.load_heads([str(path)])
