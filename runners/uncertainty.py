@@ -48,10 +48,12 @@ than it runs: the held-out reconstruction sees (n − 1)/n of the outer lines, n
 lines and makes the score noisier). The calibration puts the two levels on one scale, `ρ = exp(mean over the
 validation slices of log(mean(var) / cv_error))` (no ground truth needed), and 'max' takes the larger: the error is
 at least what either says. On the benchmark of bench/README.md (each row calibrated on its two brain validation
-slices) the predicted PSNR is within 1.5 dB on 26 of 27 test slices of the nine rows, 9 of 9 on the T2 set (five T1
-test slices, four T2-weighted) and 41 of 51 on the mismatch set (twelve images unlike a brain beside the five test
-slices, three runs), against 26 / 9 / 27 with 'cv' and 24 / 5 / 39 with 'spread'; the price is a map a little
-pessimistic where cv_error is (±1.96σ coverage 0.952–0.976 per row of the nine, 'spread' 0.942–0.961). The
+slices) the predicted PSNR is within 1.5 dB on 26 of 27 test slices of the nine rows at 8× and 22 of 27 at 10×, 9 of
+9 on the T2 set (five T1 test slices, four T2-weighted) and 41 of 51 on the mismatch set (twelve images unlike a brain
+beside the five test slices, three runs), against 26 / 27 / 9 / 27 with 'cv' and 24 / 21 / 5 / 39 with 'spread'; the
+price is pessimism where one level is: the unseen head at 10×, whose samples disagree more than its mean is wrong, is
+predicted 1.5–2.9 dB too low on five rows (±1.96σ coverage 0.952–0.976 per row of the nine at 8×, 0.957–0.971 at
+10×; 'spread' 0.942–0.961 at 8×). The
 calibration's `c` is then the ratio of the MSE to that level on the validation slices. It costs F samples per slice
 and changes the map's level (coverage, predicted PSNR), not the rank correlation; the cross-validation's
 `cv_error` and `cv_margin` do not depend on `cv_level`. With a baseline (`sampling.warn_baseline`, below) the
