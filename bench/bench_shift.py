@@ -4,6 +4,7 @@ networks were not trained with.
     python bench/bench_shift.py                                   # every row, 4x 8x 10x (long: see bench/README.md)
     python bench/bench_shift.py --rows fastmri project --acc 8    # a part; finished slices are reused
     python bench/bench_shift.py --heads my_scan.nii.gz --rows fastmri   # add your own magnitude images as test slices
+    python bench/bench_shift.py --heads my_scan.nii.gz --only-heads --rows fastmri --out results/my_scan   # only them
 
 Anatomy (`data/shift_bench/heads.npz`, made by `--make-heads --source <folder with the nilearn and dipy wheels>`):
 validation = the brain set's two validation slices (z = 116, 120 mm of the MNI152 template, with skull and scalp),
@@ -78,6 +79,8 @@ MISMATCH_IMAGES = ("shepp_logan_phantom", "camera", "coins", "microaneurysms", "
                    "text", "cell", "binary_blobs")
 LESIONS = ((50, 45, 5, 1.0), (70, 80, 4, 0.9), (85, 55, 6, 0.05))  # row, column, radius (pixels), intensity
 SIZE, ACS = 128, 24
+ONLY_HEADS_HELP = ("test on the --heads images alone, without the bundled test heads (the validation slices stay); "
+                   "their volumes need an --out of their own")
 FASTMRI = ACQUISITIONS["fastmri"]
 ROWS = {
     "project": ACQUISITIONS["project"],
@@ -154,12 +157,16 @@ def mismatch_images(brain: np.ndarray) -> np.ndarray:
     return np.stack(images + [lesioned])
 
 
-def load_heads(extra: list[str]) -> dict[str, np.ndarray]:
+def load_heads(extra: list[str], only: bool = False) -> dict[str, np.ndarray]:
+    """The validation and test images `[N, SIZE, SIZE]`: `HEADS`' and, as more test images, those of `extra`
+    (`--heads`); with `only` (`--only-heads`) the test images are those of `extra` alone."""
+    if only and not extra:
+        raise SystemExit("--only-heads tests on the --heads images alone: give them with --heads <files>")
     if not os.path.exists(HEADS):
         raise SystemExit(f"{HEADS} is missing; make it with: python bench/bench_shift.py --make-heads --source "
                          f"<folder with the nilearn and dipy wheels>")
     heads = np.load(HEADS)
-    test = [heads["test"].astype(np.float64)]
+    test = [] if only else [heads["test"].astype(np.float64)]
     for path in extra:
         try:
             stack, spacing = load_stack(path, None)
@@ -367,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--acc", nargs="+", type=int, default=list(ACCELERATIONS))
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--heads", nargs="*", default=[], help="more test images (NIfTI, PNG/TIFF, .npy)")
+    parser.add_argument("--only-heads", action="store_true", help=ONLY_HEADS_HELP)
     parser.add_argument("--max-slices", type=int, default=0, help="the first K test slices only (0: all)")
     parser.add_argument("--out", default="results/bench_shift")
     parser.add_argument("--make-heads", action="store_true", help=f"write {HEADS} from --source and stop")
@@ -384,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [r for r in args.rows if ROWS[r].maps_backend != "bart" or bart_binary()]
     for skipped in sorted(set(args.rows) - set(rows)):
         print(f"row {skipped} skipped: the bart binary is not installed (apt-get install bart)")
-    heads = load_heads(args.heads)
+    heads = load_heads(args.heads, args.only_heads)
     print(format_table([], args.methods))
     entries = [e for row in rows for e in run_row(row, args.acc, args.methods, heads, args.out, args.max_slices)]
     entries = merge_results(os.path.join(args.out, "results.json"), entries)

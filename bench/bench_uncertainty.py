@@ -5,6 +5,8 @@
     python bench/bench_uncertainty.py --rows fastmri --acc 8 --max-slices 1 --num-samples 2 --steps 5   # smoke test
     python bench/bench_uncertainty.py --rows fastmri --acc 8 --cross-validate --heads data/shift_bench/t2_contrast.npy \
         --out results/bench_contrast      # k-space cross-validation, on T2-weighted slices too (another --out)
+    python bench/bench_uncertainty.py --rows fastmri --acc 8 --cross-validate --heads my_scan.nii.gz --only-heads \
+        --out results/my_scan              # your own images alone as the test slices
 
 Rows, anatomy and data are those of bench/bench_shift.py (its functions make them; `--out` is shared with it, so the
 simulated volumes and ℓ1-wavelet's λ tuned on each row's validation slices are reused). Per row and acceleration,
@@ -175,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-samples", type=int, default=0, help="posterior samples (0: the config's)")
     parser.add_argument("--steps", type=int, default=0, help="sampling.N (0: the config's; smoke tests only)")
     parser.add_argument("--heads", nargs="*", default=[], help="more test images, as in bench_shift.py")
+    parser.add_argument("--only-heads", action="store_true", help=bench_shift.ONLY_HEADS_HELP)
     parser.add_argument("--out", default="results/bench_shift")
     args = parser.parse_args(argv)
     for option in ("cv_level", "cv_every", "cv_folds"):
@@ -188,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [r for r in args.rows if bench_shift.ROWS[r].maps_backend != "bart" or bart_binary()]
     for skipped in sorted(set(args.rows) - set(rows)):
         print(f"row {skipped} skipped: the bart binary is not installed (apt-get install bart)")
-    heads = bench_shift.load_heads(args.heads)
+    heads = bench_shift.load_heads(args.heads, args.only_heads)
     print(format_table([]))
     calibrations = Calibrations(heads, args)
     entries = [e for row in rows for acc in args.acc for method in args.methods

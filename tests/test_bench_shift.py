@@ -3,6 +3,7 @@ import os
 import re
 import sys
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
@@ -42,8 +43,6 @@ def test_cells_of_entries_without_slice_counts_carry_no_note():
 
 def test_a_row_volume_made_from_other_heads_is_refused(tmp_path, monkeypatch):
     """A row's volumes are simulated once per --out; another set of test images (--heads) must not reuse them."""
-    import numpy as np
-    import pytest
 
     def simulate(images, rng, acquisition):
         kspace = rng.standard_normal((len(images), 2, 8, 8)) + 0j
@@ -62,7 +61,6 @@ def test_a_row_volume_made_from_other_heads_is_refused(tmp_path, monkeypatch):
 
 
 def test_the_mismatch_set_is_made_from_the_listed_images_and_a_lesioned_slice():
-    import numpy as np
 
     brain = np.zeros((bench_shift.SIZE, bench_shift.SIZE))
     images = bench_shift.mismatch_images(brain)
@@ -81,3 +79,16 @@ def test_a_heads_file_that_cannot_be_read_is_named(tmp_path):
     for path, reason in ((tmp_path / "missing.nii.gz", "No such file"), (tmp_path / "notes.txt", "unsupported")):
         with pytest.raises(SystemExit, match=f"--heads {re.escape(str(path))}: .*{reason}"):
             bench_shift.load_heads([str(path)])
+
+
+def test_only_heads_tests_on_the_given_images_alone(tmp_path):
+    image = np.zeros((40, 30))
+    image[10:30, 5:25] = 2.0
+    np.save(tmp_path / "two.npy", np.stack([image, image[::-1]]))
+    both, alone = bench_shift.load_heads([str(tmp_path / "two.npy")]), bench_shift.load_heads(
+        [str(tmp_path / "two.npy")], only=True)
+    assert alone["test"].shape == (2, bench_shift.SIZE, bench_shift.SIZE) and alone["test"].max() == 1.0
+    np.testing.assert_array_equal(both["test"][-2:], alone["test"])
+    np.testing.assert_array_equal(both["val"], alone["val"])
+    with pytest.raises(SystemExit, match="--only-heads .* --heads"):
+        bench_shift.load_heads([], only=True)
