@@ -172,7 +172,12 @@ def load_heads(extra: list[str], only: bool = False) -> dict[str, np.ndarray]:
             stack, spacing = load_stack(path, None)
         except (OSError, ValueError) as err:
             raise SystemExit(f"--heads {path}: {err}") from err
-        test.append(np.stack([fit_to_size(s / max(s.max(), 1e-12), spacing, SIZE, "fit") for s in np.abs(stack)]))
+        stack = np.nan_to_num(np.abs(stack), nan=0.0, posinf=0.0)
+        empty = [i for i, s in enumerate(stack) if not s.max() > 0]
+        if empty:
+            raise SystemExit(f"--heads {path}: slice(s) {empty} hold no signal (zero or not a number everywhere); "
+                             f"give images with an object in them")
+        test.append(np.stack([fit_to_size(s / s.max(), spacing, SIZE, "fit") for s in stack]))
     return {"val": heads["val"].astype(np.float64), "test": np.concatenate(test)}
 
 

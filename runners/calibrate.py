@@ -47,8 +47,7 @@ def calibrate(config, workdir: str, num_slices: int = 2) -> dict | None:
     slices = uncertainty.read_maps(out, rows, mat_path)
     cv_level = uncertainty.options(config).cv_level
     calibration = uncertainty.fit(slices, object_support, cv_level)
-    scaled = [{**s, "error_std": calibration.scale * s["error_std"]}
-              for s in uncertainty.at_level(slices, cv_level, calibration.cv_ratio)]
+    scaled = uncertainty.calibrated(slices, calibration, cv_level)
     predicted = [metrics.predicted_psnr(float(s["recon"].max()), calibration.mse_scale * s["error_std"] ** 2)
                  for s in scaled]
     report = {"slices": len(slices), "data": config.data.eval_root,

@@ -472,6 +472,12 @@ def at_level(slices: list[dict], cv_level: str, ratio: float) -> list[dict]:
             if "spread_level" in s and "cv_error" in s else s for s in slices]
 
 
+def calibrated(slices: list[dict], calibration: Calibration, cv_level: str) -> list[dict]:
+    """Uncalibrated `slices` (`read_maps`) with their maps as `calibration` makes them: at its level, times k."""
+    return [{**s, "error_std": calibration.scale * s["error_std"]}
+            for s in at_level(slices, cv_level, calibration.cv_ratio)]
+
+
 def fit(slices: list[dict], region_fn, cv_level: str = "spread") -> Calibration:
     """The calibration (module docstring) of uncalibrated error maps on validation `slices` (`read_maps`) of a run
     with `sampling.cv_level` = `cv_level`."""

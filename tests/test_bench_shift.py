@@ -92,3 +92,16 @@ def test_only_heads_tests_on_the_given_images_alone(tmp_path):
     np.testing.assert_array_equal(both["val"], alone["val"])
     with pytest.raises(SystemExit, match="--only-heads .* --heads"):
         bench_shift.load_heads([], only=True)
+
+
+def test_heads_without_signal_are_refused_and_nan_pixels_are_zero(tmp_path):
+    image = np.zeros((32, 32))
+    image[8:24, 8:24] = 3.0
+    spotted = image.copy()
+    spotted[0, 0] = np.nan
+    np.save(tmp_path / "spotted.npy", spotted)
+    loaded = bench_shift.load_heads([str(tmp_path / "spotted.npy")], only=True)["test"]
+    assert np.isfinite(loaded).all() and loaded.max() == 1.0
+    np.save(tmp_path / "blank.npy", np.stack([image, np.full((32, 32), np.nan)]))
+    with pytest.raises(SystemExit, match=r"blank.npy: slice\(s\) \[1\] hold no signal"):
+        bench_shift.load_heads([str(tmp_path / "blank.npy")])
