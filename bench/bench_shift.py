@@ -5,15 +5,19 @@ networks were not trained with.
     python bench/bench_shift.py --rows fastmri project --acc 8    # a part; finished slices are reused
     python bench/bench_shift.py --heads my_scan.nii.gz --rows fastmri   # add your own magnitude images as test slices
     python bench/bench_shift.py --heads my_scan.nii.gz --only-heads --rows fastmri --out results/my_scan   # only them
+    python bench/bench_shift.py --heads my_scan.nii.gz --head-slices 40:120:20 --only-heads --out results/my_scan
 
-Anatomy (`data/shift_bench/heads.npz`, made by `--make-heads --source <folder with the nilearn and dipy wheels>`):
+Anatomy (`data/shift_bench/heads.npz`, made by `--make-heads --source <folder with the nilearn and dipy wheels and
+the unpacked mricron-data package>`):
 validation = the brain set's two validation slices (z = 116, 120 mm of the MNI152 template, with skull and scalp),
 test = a head the project never trained on (the coronal T1 slice shipped with dipy) and the brain set's four test
 slices (z = 74 … 86 mm), in that order, all 128 × 128 magnitudes in [0, 1]. Training used other slabs of the
 template only, axial, brain-only. `--make-heads` also writes two sets to add with `--heads`:
 `data/shift_bench/t2_contrast.npy` (four T2-weighted scanner slices, dipy) and `data/shift_bench/mismatch.npy`
 (`MISMATCH_IMAGES`: scikit-image's phantom, photographs, retina, textures and text, and a test slice with three
-sharp lesions), images the brain prior does not fit, where a diffusion method can lose to ℓ1-wavelet.
+sharp lesions), images the brain prior does not fit, where a diffusion method can lose to ℓ1-wavelet, and
+`data/shift_bench/colin27.npy` (five axial slices of a second head never trained or tuned on: Colin27, `COLIN`).
+`--head-slices` picks slices of the `--heads` files (a whole NIfTI volume is otherwise every axial slice).
 
 Rows (`ROWS`): acquisitions made by `data_prepare/simulate_multicoil.py` — the project's own simulator (the one the
 brain set was made with), a fastMRI-like scan (2× readout oversampling cropped in the image domain, 8 birdcage
@@ -60,7 +64,8 @@ from baselines import BASELINES  # noqa: E402
 from configs.hfssde.brain_demo import get_config as hfs_brain  # noqa: E402
 from configs.vp.brain_demo import get_config as vp_brain  # noqa: E402
 from data_prepare.fastmri_io import write_kspace_file, write_maps_file  # noqa: E402
-from data_prepare.simulate_multicoil import ACQUISITIONS, fit_to_size, load_stack, simulate_volume  # noqa: E402
+from data_prepare.simulate_multicoil import (  # noqa: E402
+    ACQUISITIONS, fit_to_size, load_stack, select_slices, simulate_volume)
 from runners.reconstruct import reconstruct  # noqa: E402
 from utils.masks import make_mask  # noqa: E402
 from utils.mri import center_crop, conjugate_gradient, crop_kspace, sense_adjoint, sense_normal  # noqa: E402
@@ -78,7 +83,14 @@ MISMATCH = os.path.join(REPOSITORY, "data", "shift_bench", "mismatch.npy")
 MISMATCH_IMAGES = ("shepp_logan_phantom", "camera", "coins", "microaneurysms", "moon", "retina", "brick", "grass",
                    "text", "cell", "binary_blobs")
 LESIONS = ((50, 45, 5, 1.0), (70, 80, 4, 0.9), (85, 55, 6, 0.05))  # row, column, radius (pixels), intensity
+# A second head the project never trained or tuned on, for `--heads`: Colin27, one volunteer scanned 27 times and
+# averaged (T1, 1 mm, with skull; the `ch2.nii.gz` of the Debian package mricron-data), five axial slices at these
+# indices of its 181, from the skull base to the vertex, 217 × 181 as stored (`load_heads` fits them to SIZE).
+COLIN = os.path.join(REPOSITORY, "data", "shift_bench", "colin27.npy")
+COLIN_SLICES = (55, 70, 85, 100, 115)
 SIZE, ACS = 128, 24
+HEAD_SLICES_HELP = ("the slices of each --heads file to test on: all (default), start:stop[:step] or i,j,k (of a "
+                    "NIfTI volume's axial slices, of a .npy or TIFF stack's first axis)")
 ONLY_HEADS_HELP = ("test on the --heads images alone, without the bundled test heads (the validation slices stay); "
                    "their volumes need an --out of their own")
 FASTMRI = ACQUISITIONS["fastmri"]
@@ -106,11 +118,15 @@ LABELS = {"zero_filled": "zero-filled", "sense": "CG-SENSE", "l1wavelet": "ℓ1-
 # --- anatomy -------------------------------------------------------------------------------------------------------
 
 def make_heads(source: str, out: str) -> None:
-    """Write `HEADS` from the nilearn wheel (MNI152 template) and the dipy wheel (coronal T1 slice) in `source`, and
-    `CONTRAST` from the dipy wheel."""
+    """Write `HEADS` from the nilearn wheel (MNI152 template) and the dipy wheel (coronal T1 slice) in `source`,
+    `CONTRAST` from the dipy wheel, `MISMATCH`, and `COLIN` from a `ch2.nii.gz` in `source` or below it."""
     from data_prepare import generate_brain_demo as brain  # noqa: PLC0415
     from utils.augment import add_scalp  # noqa: PLC0415
 
+    colin = sorted(glob.glob(os.path.join(source, "**", "ch2.nii.gz"), recursive=True))
+    if not colin:
+        raise SystemExit(f"no ch2.nii.gz in {source}: apt-get download mricron-data && dpkg-deb -x "
+                         f"mricron-data_*.deb {source}/mricron")
     with tempfile.TemporaryDirectory(prefix="hfs_heads_") as tmp:
         slices, pixel_mm = brain.load_template(brain.find_template(source, tmp), SIZE)
     sets = {}
@@ -128,16 +144,21 @@ def make_heads(source: str, out: str) -> None:
             stack, spacing = load_stack(wheel.extract(f"dipy/data/files/{name}", tmp), None)
             contrast += [fit_to_size(s / s.max(), spacing, SIZE, "fit") for s in np.abs(stack[list(picked)])]
     np.save(CONTRAST, np.stack(contrast).astype(np.float32))
-    np.save(MISMATCH, mismatch_images(sets["test"][1]).astype(np.float32))
+    stack, spacing = load_stack(colin[0], None)
+    if spacing != (1.0, 1.0) or not np.array_equal(stack, np.round(stack)) or stack.max() > 255:
+        raise SystemExit(f"{colin[0]} is not the 1 mm, 8-bit Colin27 volume of mricron-data")
+    np.save(COLIN, stack[list(COLIN_SLICES)].astype(np.uint8))  # as stored: --heads fits them to SIZE
     coronal = fit_to_size(coronal / coronal.max(), (1.0, 1.0), SIZE, "fit")
-    test = np.concatenate([coronal[None], sets["test"]])  # the unseen head first: --max-slices keeps it
+    # the unseen head first (--max-slices keeps it); the lesioned slice drawn on a test slice as stored
+    test = np.concatenate([coronal[None], sets["test"]]).astype(np.float16)
+    np.save(MISMATCH, mismatch_images(test[2].astype(np.float64)).astype(np.float32))
     names = ["dipy_coronal_t1"] + [f"mni152_z{z}" for z in brain.split()["test"]]
     os.makedirs(os.path.dirname(out), exist_ok=True)
-    np.savez_compressed(out, val=sets["val"].astype(np.float16), test=test.astype(np.float16),
+    np.savez_compressed(out, val=sets["val"].astype(np.float16), test=test,
                         test_names=np.array(names), val_names=np.array([f"mni152_z{z}" for z in brain.split()["val"]]))
     print(f"wrote {out}: {len(sets['val'])} validation and {len(test)} test slices; {CONTRAST}: {len(contrast)} "
           f"slices of another contrast (add them with --heads {CONTRAST}); {MISMATCH}: {len(MISMATCH_IMAGES) + 1} "
-          f"images unlike a brain")
+          f"images unlike a brain; {COLIN}: {len(COLIN_SLICES)} slices of a second unseen head")
 
 
 def mismatch_images(brain: np.ndarray) -> np.ndarray:
@@ -157,9 +178,10 @@ def mismatch_images(brain: np.ndarray) -> np.ndarray:
     return np.stack(images + [lesioned])
 
 
-def load_heads(extra: list[str], only: bool = False) -> dict[str, np.ndarray]:
-    """The validation and test images `[N, SIZE, SIZE]`: `HEADS`' and, as more test images, those of `extra`
-    (`--heads`); with `only` (`--only-heads`) the test images are those of `extra` alone."""
+def load_heads(extra: list[str], only: bool = False, slices: str = "all") -> dict[str, np.ndarray]:
+    """The validation and test images `[N, SIZE, SIZE]`: `HEADS`' and, as more test images, the `slices`
+    (`--head-slices`: all, start:stop[:step] or i,j,k) of each file of `extra` (`--heads`); with `only`
+    (`--only-heads`) the test images are those of `extra` alone."""
     if only and not extra:
         raise SystemExit("--only-heads tests on the --heads images alone: give them with --heads <files>")
     if not os.path.exists(HEADS):
@@ -170,6 +192,7 @@ def load_heads(extra: list[str], only: bool = False) -> dict[str, np.ndarray]:
     for path in extra:
         try:
             stack, spacing = load_stack(path, None)
+            stack = stack[select_slices(slices, len(stack))]
         except (OSError, ValueError) as err:
             raise SystemExit(f"--heads {path}: {err}") from err
         stack = np.nan_to_num(np.abs(stack), nan=0.0, posinf=0.0)
@@ -379,15 +402,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--acc", nargs="+", type=int, default=list(ACCELERATIONS))
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--heads", nargs="*", default=[], help="more test images (NIfTI, PNG/TIFF, .npy)")
+    parser.add_argument("--head-slices", default="all", help=HEAD_SLICES_HELP)
     parser.add_argument("--only-heads", action="store_true", help=ONLY_HEADS_HELP)
     parser.add_argument("--max-slices", type=int, default=0, help="the first K test slices only (0: all)")
     parser.add_argument("--out", default="results/bench_shift")
     parser.add_argument("--make-heads", action="store_true", help=f"write {HEADS} from --source and stop")
-    parser.add_argument("--source", default=None, help="folder with the nilearn and dipy wheels (--make-heads)")
+    parser.add_argument("--source", default=None, help="folder with the nilearn and dipy wheels and the unpacked "
+                        "mricron-data package (--make-heads)")
     args = parser.parse_args(argv)
     if args.make_heads:
         if not args.source:
-            parser.error("--make-heads needs --source <folder with the nilearn and dipy wheels>")
+            parser.error("--make-heads needs --source <folder with the nilearn and dipy wheels and the unpacked "
+                         "mricron-data package>")
         make_heads(args.source, HEADS)
         return 0
     absl_logging.set_verbosity(absl_logging.WARNING)
@@ -397,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [r for r in args.rows if ROWS[r].maps_backend != "bart" or bart_binary()]
     for skipped in sorted(set(args.rows) - set(rows)):
         print(f"row {skipped} skipped: the bart binary is not installed (apt-get install bart)")
-    heads = load_heads(args.heads, args.only_heads)
+    heads = load_heads(args.heads, args.only_heads, args.head_slices)
     print(format_table([], args.methods))
     entries = [e for row in rows for e in run_row(row, args.acc, args.methods, heads, args.out, args.max_slices)]
     entries = merge_results(os.path.join(args.out, "results.json"), entries)

@@ -177,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-samples", type=int, default=0, help="posterior samples (0: the config's)")
     parser.add_argument("--steps", type=int, default=0, help="sampling.N (0: the config's; smoke tests only)")
     parser.add_argument("--heads", nargs="*", default=[], help="more test images, as in bench_shift.py")
+    parser.add_argument("--head-slices", default="all", help=bench_shift.HEAD_SLICES_HELP)
     parser.add_argument("--only-heads", action="store_true", help=bench_shift.ONLY_HEADS_HELP)
     parser.add_argument("--out", default="results/bench_shift")
     args = parser.parse_args(argv)
@@ -191,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [r for r in args.rows if bench_shift.ROWS[r].maps_backend != "bart" or bart_binary()]
     for skipped in sorted(set(args.rows) - set(rows)):
         print(f"row {skipped} skipped: the bart binary is not installed (apt-get install bart)")
-    heads = bench_shift.load_heads(args.heads, args.only_heads)
+    heads = bench_shift.load_heads(args.heads, args.only_heads, args.head_slices)
     print(format_table([]))
     calibrations = Calibrations(heads, args)
     entries = [e for row in rows for acc in args.acc for method in args.methods

@@ -105,3 +105,24 @@ def test_heads_without_signal_are_refused_and_nan_pixels_are_zero(tmp_path):
     np.save(tmp_path / "blank.npy", np.stack([image, np.full((32, 32), np.nan)]))
     with pytest.raises(SystemExit, match=r"blank.npy: slice\(s\) \[1\] hold no signal"):
         bench_shift.load_heads([str(tmp_path / "blank.npy")])
+
+
+def test_head_slices_choose_the_slices_of_each_heads_file(tmp_path):
+    stack = np.zeros((4, 32, 32))
+    for i in range(4):
+        stack[i, 4 + i:20, 6:26] = i + 1.0
+    np.save(tmp_path / "stack.npy", stack)
+    whole = bench_shift.load_heads([str(tmp_path / "stack.npy")], only=True)["test"]
+    for spec, picked in (("all", [0, 1, 2, 3]), ("1:4:2", [1, 3]), ("2,0", [2, 0])):
+        chosen = bench_shift.load_heads([str(tmp_path / "stack.npy")], only=True, slices=spec)["test"]
+        np.testing.assert_array_equal(chosen, whole[picked])
+    with pytest.raises(SystemExit, match=r"--heads .*stack.npy: slices 7 are not all in 0…3"):
+        bench_shift.load_heads([str(tmp_path / "stack.npy")], slices="7")
+
+
+def test_the_second_unseen_head_loads_as_its_listed_slices():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    colin = bench_shift.load_heads([os.path.join(root, bench_shift.COLIN)], only=True)["test"]
+    assert colin.shape == (len(bench_shift.COLIN_SLICES), bench_shift.SIZE, bench_shift.SIZE)
+    assert colin.min() == 0.0 and colin.max() <= 1.0 and np.all(colin.max(axis=(1, 2)) > 0.8)
+    assert all((s > 0.1).mean() > 0.3 for s in colin)  # a head fills each slice, not an empty border
