@@ -7,6 +7,8 @@
         --out results/bench_contrast      # k-space cross-validation, on T2-weighted slices too (another --out)
     python bench/bench_uncertainty.py --rows fastmri --acc 8 --cross-validate --heads my_scan.nii.gz --only-heads \
         --out results/my_scan              # your own images alone as the test slices
+    python bench/bench_uncertainty.py --rows fastmri --cross-validate --heads data/shift_bench/colin27.npy --only-heads \
+        --out results/colin                # a second head never trained or tuned on (bench/README.md)
 
 Rows, anatomy and data are those of bench/bench_shift.py (its functions make them; `--out` is shared with it, so the
 simulated volumes and ℓ1-wavelet's λ tuned on each row's validation slices are reused). Per row and acceleration,
