@@ -91,12 +91,15 @@ def select_slices(spec: str, count: int) -> list[int]:
     """Slice indices from `all`, a Python-style range `start:stop[:step]` or a list `i,j,k`."""
     if spec == "all":
         return list(range(count))
-    if ":" in spec:
-        chosen = list(range(count))[slice(*(int(p) if p else None for p in spec.split(":")))]
-    else:
-        chosen = [int(p) for p in spec.split(",")]
-        if any(not 0 <= i < count for i in chosen):
-            raise ValueError(f"slices {spec} are not all in 0…{count - 1}")
+    try:
+        if ":" in spec:
+            chosen = list(range(count))[slice(*(int(p) if p else None for p in spec.split(":")))]
+        else:
+            chosen = [int(p) for p in spec.split(",")]
+    except (TypeError, ValueError) as err:  # not whole numbers, or more than three parts of a range
+        raise ValueError(f"slices {spec!r} are not all, start:stop[:step] or a list i,j,k of whole numbers") from err
+    if ":" not in spec and any(not 0 <= i < count for i in chosen):
+        raise ValueError(f"slices {spec} are not all in 0…{count - 1}")
     if not chosen:
         raise ValueError(f"slices {spec!r} select nothing from {count} slices")
     return chosen

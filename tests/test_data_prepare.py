@@ -324,6 +324,9 @@ def test_simulate_multicoil_bad_input(tmp_path):
         simulate_multicoil.select_slices("5:5", 10)
     assert simulate_multicoil.select_slices("1,3", 10) == [1, 3]
     assert simulate_multicoil.select_slices("::3", 7) == [0, 3, 6]
+    for spec in ("a:b", "", "1:2:3:4", "1:4:0", "2;4"):
+        with pytest.raises(ValueError, match=f"slices {spec!r} are not all, start:stop"):
+            simulate_multicoil.select_slices(spec, 10)
 
 
 # --------------------------------------------------------------------------------------------------------------
