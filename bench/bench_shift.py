@@ -67,6 +67,7 @@ from data_prepare.fastmri_io import write_kspace_file, write_maps_file  # noqa: 
 from data_prepare.simulate_multicoil import (  # noqa: E402
     ACQUISITIONS, fit_to_size, load_stack, select_slices, simulate_volume)
 from runners.reconstruct import reconstruct  # noqa: E402
+from utils.atomic import atomic_path  # noqa: E402
 from utils.masks import make_mask  # noqa: E402
 from utils.mri import center_crop, conjugate_gradient, crop_kspace, sense_adjoint, sense_normal  # noqa: E402
 from utils.noise import noise_sigma  # noqa: E402
@@ -127,6 +128,10 @@ def make_heads(source: str, out: str) -> None:
     if not colin:
         raise SystemExit(f"no ch2.nii.gz in {source}: apt-get download mricron-data && dpkg-deb -x "
                          f"mricron-data_*.deb {source}/mricron")
+    stack, spacing = load_stack(colin[0], None)
+    if spacing != (1.0, 1.0) or not np.array_equal(stack, np.round(stack)) or stack.max() > 255:
+        raise SystemExit(f"{colin[0]} is not the 1 mm, 8-bit Colin27 volume of mricron-data")
+    colin_slices = stack[list(COLIN_SLICES)].astype(np.uint8)  # as stored: --heads fits them to SIZE
     with tempfile.TemporaryDirectory(prefix="hfs_heads_") as tmp:
         slices, pixel_mm = brain.load_template(brain.find_template(source, tmp), SIZE)
     sets = {}
@@ -143,22 +148,25 @@ def make_heads(source: str, out: str) -> None:
         for name, picked in OTHER_CONTRAST.items():
             stack, spacing = load_stack(wheel.extract(f"dipy/data/files/{name}", tmp), None)
             contrast += [fit_to_size(s / s.max(), spacing, SIZE, "fit") for s in np.abs(stack[list(picked)])]
-    np.save(CONTRAST, np.stack(contrast).astype(np.float32))
-    stack, spacing = load_stack(colin[0], None)
-    if spacing != (1.0, 1.0) or not np.array_equal(stack, np.round(stack)) or stack.max() > 255:
-        raise SystemExit(f"{colin[0]} is not the 1 mm, 8-bit Colin27 volume of mricron-data")
-    np.save(COLIN, stack[list(COLIN_SLICES)].astype(np.uint8))  # as stored: --heads fits them to SIZE
+    save(CONTRAST, np.save, np.stack(contrast).astype(np.float32))
+    save(COLIN, np.save, colin_slices)
     coronal = fit_to_size(coronal / coronal.max(), (1.0, 1.0), SIZE, "fit")
     # the unseen head first (--max-slices keeps it); the lesioned slice drawn on a test slice as stored
     test = np.concatenate([coronal[None], sets["test"]]).astype(np.float16)
-    np.save(MISMATCH, mismatch_images(test[2].astype(np.float64)).astype(np.float32))
+    save(MISMATCH, np.save, mismatch_images(test[2].astype(np.float64)).astype(np.float32))
     names = ["dipy_coronal_t1"] + [f"mni152_z{z}" for z in brain.split()["test"]]
     os.makedirs(os.path.dirname(out), exist_ok=True)
-    np.savez_compressed(out, val=sets["val"].astype(np.float16), test=test,
-                        test_names=np.array(names), val_names=np.array([f"mni152_z{z}" for z in brain.split()["val"]]))
+    save(out, np.savez_compressed, val=sets["val"].astype(np.float16), test=test, test_names=np.array(names),
+         val_names=np.array([f"mni152_z{z}" for z in brain.split()["val"]]))
     print(f"wrote {out}: {len(sets['val'])} validation and {len(test)} test slices; {CONTRAST}: {len(contrast)} "
           f"slices of another contrast (add them with --heads {CONTRAST}); {MISMATCH}: {len(MISMATCH_IMAGES) + 1} "
           f"images unlike a brain; {COLIN}: {len(COLIN_SLICES)} slices of a second unseen head")
+
+
+def save(path: str, writer, *arrays, **named) -> None:
+    """`writer` (np.save, np.savez_compressed) into `path` whole or not at all (utils/atomic.atomic_path)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        writer(f, *arrays, **named)
 
 
 def mismatch_images(brain: np.ndarray) -> np.ndarray:
