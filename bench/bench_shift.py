@@ -128,7 +128,10 @@ def make_heads(source: str, out: str) -> None:
     if not colin:
         raise SystemExit(f"no ch2.nii.gz in {source}: apt-get download mricron-data && dpkg-deb -x "
                          f"mricron-data_*.deb {source}/mricron")
-    stack, spacing = load_stack(colin[0], None)
+    try:
+        stack, spacing = load_stack(colin[0], None)
+    except ValueError as err:
+        raise SystemExit(f"{colin[0]}: {err}") from err
     if spacing != (1.0, 1.0) or not np.array_equal(stack, np.round(stack)) or stack.max() > 255:
         raise SystemExit(f"{colin[0]} is not the 1 mm, 8-bit Colin27 volume of mricron-data")
     colin_slices = stack[list(COLIN_SLICES)].astype(np.uint8)  # as stored: --heads fits them to SIZE
@@ -422,7 +425,10 @@ def main(argv: list[str] | None = None) -> int:
         if not args.source:
             parser.error("--make-heads needs --source <folder with the nilearn and dipy wheels and the unpacked "
                          "mricron-data package>")
-        make_heads(args.source, HEADS)
+        try:
+            make_heads(args.source, HEADS)
+        except (OSError, ValueError) as err:  # a damaged wheel or volume; nothing was written (make_heads)
+            parser.error(f"--make-heads --source {args.source}: {err}")
         return 0
     absl_logging.set_verbosity(absl_logging.WARNING)
     logging.getLogger().setLevel(logging.WARNING)

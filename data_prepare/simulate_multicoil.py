@@ -51,14 +51,30 @@ def _stem(path: str) -> str:
     return os.path.splitext(name)[0]
 
 
+def _read(reader, path: str, kind: str):
+    """`reader(path)`, with a reader's own error for a damaged or mistyped file (nibabel's ImageFileError, a
+    truncated gzip stream, a short PNG header, ...) raised as ValueError naming the format; a file that is missing or
+    may not be read keeps its OSError."""
+    try:
+        return reader(path)
+    except (FileNotFoundError, PermissionError, IsADirectoryError):
+        raise
+    except Exception as err:  # noqa: BLE001 - every reader fails in its own way on a damaged file
+        raise ValueError(f"not a readable {kind} file ({type(err).__name__}: {err}); check that it was copied "
+                         f"whole and that its extension says what it is") from err
+
+
 def load_stack(path: str, axis: int | None) -> tuple[np.ndarray, tuple[float, float]]:
     """Read a magnitude image or stack as float64 `[S, H, W]` with its in-plane pixel spacing `(dy, dx)`."""
     lower = path.lower()
     if lower.endswith(NIFTI):
         import nibabel  # noqa: PLC0415 - only NIfTI inputs need it
 
-        volume = nibabel.as_closest_canonical(nibabel.load(path))
-        data, zooms = np.asarray(volume.get_fdata()), volume.header.get_zooms()[:3]
+        def read(name):
+            volume = nibabel.as_closest_canonical(nibabel.load(name))
+            return np.asarray(volume.get_fdata()), volume.header.get_zooms()[:3]
+
+        data, zooms = _read(read, path, "NIfTI")
         if data.ndim == 2:
             data, zooms = data[:, :, None], tuple(zooms[:2]) + (1.0,)
         if data.ndim == 4 and data.shape[3] == 1:  # one volume of a 4-D series
@@ -73,12 +89,12 @@ def load_stack(path: str, axis: int | None) -> tuple[np.ndarray, tuple[float, fl
     if lower.endswith(IMAGES):
         from skimage import color, io  # noqa: PLC0415
 
-        data = np.asarray(io.imread(path), np.float64)
+        data = np.asarray(_read(io.imread, path, "image"), np.float64)
         if data.ndim >= 3 and data.shape[-1] in (3, 4) and min(data.shape[-3:-1]) > 4:  # colour, not a stack
             data = color.rgb2gray(data[..., :3])
         return (data[None] if data.ndim == 2 else data), (1.0, 1.0)
     if lower.endswith(".npy"):
-        data = np.abs(np.load(path)).astype(np.float64)
+        data = np.abs(_read(np.load, path, ".npy")).astype(np.float64)
         if data.ndim == 2:
             return data[None], (1.0, 1.0)
         if data.ndim != 3:

@@ -329,6 +329,24 @@ def test_simulate_multicoil_bad_input(tmp_path):
             simulate_multicoil.select_slices(spec, 10)
 
 
+
+def test_a_damaged_image_file_is_named_with_its_format(tmp_path, capsys):
+    volume = tmp_path / "head.nii.gz"
+    nibabel.save(nibabel.Nifti1Image(_ellipse_volume((20, 16, 5)).astype(np.float32), np.eye(4)), str(volume))
+    np.save(tmp_path / "stack.npy", np.ones((2, 8, 8)))
+    damaged = {"cut.nii.gz": volume.read_bytes()[:200], "text.nii.gz": b"not a volume", "cut.npy":
+               (tmp_path / "stack.npy").read_bytes()[:60], "short.png": b"xx"}
+    for name, data in damaged.items():
+        (tmp_path / name).write_bytes(data)
+        kind = {"nii.gz": "NIfTI", "npy": ".npy", "png": "image"}[name.split(".", 1)[1]]
+        with pytest.raises(ValueError, match=f"not a readable {kind} file .*copied whole"):
+            simulate_multicoil.load_stack(str(tmp_path / name), None)
+    with pytest.raises(SystemExit):
+        simulate_multicoil.main([str(tmp_path / "cut.nii.gz"), "--out", str(tmp_path / "o")])
+    assert "cut.nii.gz: not a readable NIfTI file" in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError):
+        simulate_multicoil.load_stack(str(tmp_path / "missing.npy"), None)
+
 # --------------------------------------------------------------------------------------------------------------
 # save_data_slice.py, storage helpers, CLI help.
 # --------------------------------------------------------------------------------------------------------------
