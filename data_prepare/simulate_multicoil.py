@@ -54,10 +54,10 @@ def _stem(path: str) -> str:
 def _read(reader, path: str, kind: str):
     """`reader(path)`, with a reader's own error for a damaged or mistyped file (nibabel's ImageFileError, a
     truncated gzip stream, a short PNG header, ...) raised as ValueError naming the format; a file that is missing or
-    may not be read keeps its OSError."""
+    may not be read keeps its OSError, a volume too large for memory its MemoryError."""
     try:
         return reader(path)
-    except (FileNotFoundError, PermissionError, IsADirectoryError):
+    except (FileNotFoundError, PermissionError, IsADirectoryError, MemoryError):
         raise
     except Exception as err:  # noqa: BLE001 - every reader fails in its own way on a damaged file
         raise ValueError(f"not a readable {kind} file ({type(err).__name__}: {err}); check that it was copied "
