@@ -329,7 +329,6 @@ def test_simulate_multicoil_bad_input(tmp_path):
             simulate_multicoil.select_slices(spec, 10)
 
 
-
 def test_a_damaged_image_file_is_named_with_its_format(tmp_path, capsys):
     volume = tmp_path / "head.nii.gz"
     nibabel.save(nibabel.Nifti1Image(_ellipse_volume((20, 16, 5)).astype(np.float32), np.eye(4)), str(volume))
@@ -346,6 +345,7 @@ def test_a_damaged_image_file_is_named_with_its_format(tmp_path, capsys):
     assert "cut.nii.gz: not a readable NIfTI file" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError):
         simulate_multicoil.load_stack(str(tmp_path / "missing.npy"), None)
+
 
 # --------------------------------------------------------------------------------------------------------------
 # save_data_slice.py, storage helpers, CLI help.
