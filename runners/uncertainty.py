@@ -67,9 +67,9 @@ of the mean of K that the method returns: beyond the noise σ̂² on the held-ou
 posterior draw misses by twice the posterior variance and the mean of K by (1 + 1/K) times it — the map's own
 assumption; for one sample or a baseline e_K = cv_error. On slices unlike the validation ones the prediction of
 `pred_margin` (below) can be far off (retina vessels at 8×: predicted +0.7 dB, true −2.9 dB; cv_margin −5.9 dB).
-cv_margin has its own blind spot: it compares the two at the held-out reconstruction's higher acceleration, and on
-an anatomy where the method's lead shrinks there it reads level while the image is clearly better (a skull-stripped
-macaque brain at 10×: cv_margin −0.24 … +0.47 dB on five slices that are 2.7–5.0 dB better; bench/README.md).
+cv_margin has its own blind spot: on a skull-stripped macaque brain at 10× it reads level (−0.24 … +0.47 dB) on
+five slices whose image is 2.7–5.0 dB better than the baseline's, and holding out fewer lines does not help
+(bench/README.md).
 
 Calibration (`fit`, on the validation slices reconstructed by `--mode calibrate`; with `cv_level='max'` first ρ,
 above, and the maps set to its level), over the object's pixels (`object_support` of the truth) for `k` and over
