@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import gzip
 import importlib.util
 import json
 import os
@@ -98,9 +97,10 @@ def find_template(source: str | None, workdir: str) -> str:
 
 def load_template(path: str, size: int) -> tuple[np.ndarray, float]:
     """Axial slices `[z, size, size]` scaled to [0, 1] and their pixel size in mm."""
-    with gzip.open(path) as f:
-        f.read(1)  # fail early, with the path, on a file that is not gzip
-    stack, spacing = load_stack(path, 2)
+    try:
+        stack, spacing = load_stack(path, 2)
+    except ValueError as err:  # a damaged or mistyped file (simulate_multicoil.load_stack)
+        raise ValueError(f"{path}: {err}") from err
     stack = np.nan_to_num(stack) / stack.max()
     scale = max(stack.shape[1] * spacing[0], stack.shape[2] * spacing[1]) / size
     return np.stack([fit_to_size(s, spacing, size, "fit") for s in stack]), scale
