@@ -138,7 +138,7 @@ from utils.noise import noise_sigma, replica_variance
 CALIBRATION_LEVEL = 0.95
 RELIABILITY_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.68, 0.7, 0.8, 0.9, 0.95, 0.99)
 FIELDS = ("sigma", "misfit", "cv_error", "spread_level", "pred_psnr", "spread_ratio", "pred_margin", "cv_margin",
-          "baseline_psnr", *(f"coverage_{round(100 * p)}" for p in metrics.COVERAGE_LEVELS), "error_rank_corr",
+          "margin", "baseline_psnr", *(f"coverage_{round(100 * p)}" for p in metrics.COVERAGE_LEVELS), "error_rank_corr",
           "error_rank_ceiling", "warn")
 NOISE_STREAM = 17  # noise seeds of the pseudo-replicas: derived from the slice's seed and this number
 CV_STREAM = 23  # noise seeds of the cross-validation sample, likewise
@@ -386,10 +386,20 @@ def slice_columns(recon: np.ndarray, truth: np.ndarray, region_fn, std: np.ndarr
         mean_error = floor + (row["cv_error"] - floor) * (1 + 1 / num_samples) / 2
         ratio = float(maps["cv_baseline"][j]) / mean_error if mean_error > 0 else math.nan
         row["cv_margin"] = 10 * math.log10(ratio) if ratio > 0 else math.nan
+    estimates = margin_estimates(row, calibration is not None)
+    if estimates:
+        row["margin"] = float(np.mean(list(estimates.values())))
     if "baseline" in maps:
         row["baseline_psnr"] = metrics.psnr(truth, np.abs(maps["baseline"][j]))
     row["warn"] = int(bool(warnings(row, opts, calibration is not None)))
     return row, error_std
+
+
+def margin_estimates(row: dict, calibrated: bool) -> dict:
+    """The finite estimates of a slice's PSNR gain over the baseline that `margin` averages (module docstring):
+    `cv_margin`, and `pred_margin` once calibrated."""
+    return {key: row[key] for key in ("cv_margin", "pred_margin")
+            if key in row and math.isfinite(row[key]) and (calibrated or key == "cv_margin")}
 
 
 def warnings(row: dict, opts: Options, calibrated: bool) -> list[str]:
@@ -401,14 +411,11 @@ def warnings(row: dict, opts: Options, calibrated: bool) -> list[str]:
     if opts.warn_spread and row.get("spread_ratio", math.inf) < opts.warn_spread:
         reasons.append(f"its samples spread {row['spread_ratio']:.2f}× the propagated noise (< sampling.warn_spread="
                        f"{opts.warn_spread:g}): the prior is more certain than the data allow")
-    if "cv_margin" in row:
-        if row["cv_margin"] < opts.warn_margin:
-            reasons.append(f"it predicts the held-out k-space lines {row['cv_margin']:+.2f} dB better than "
-                           f"{opts.warn_baseline} does (< sampling.warn_margin={opts.warn_margin:g} dB): it is likely "
-                           f"no better than {opts.warn_baseline}")
-    elif calibrated and row.get("pred_margin", math.inf) < opts.warn_margin:
-        reasons.append(f"it is predicted {row['pred_margin']:+.2f} dB better than {opts.warn_baseline} (< "
-                       f"sampling.warn_margin={opts.warn_margin:g} dB)")
+    if row.get("margin", math.inf) < opts.warn_margin:
+        parts = " and ".join(f"{key} {value:+.2f} dB" for key, value in margin_estimates(row, calibrated).items())
+        reasons.append(f"it is estimated {row['margin']:+.2f} dB better than {opts.warn_baseline} ({parts}; < "
+                       f"sampling.warn_margin={opts.warn_margin:g} dB): it is likely no better than "
+                       f"{opts.warn_baseline}")
     return reasons
 
 

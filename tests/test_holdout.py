@@ -167,7 +167,7 @@ def test_the_calibrated_map_is_the_one_the_calibration_was_fitted_on(cv_level):
     assert inside.mean() == pytest.approx(0.95, abs=0.01)
 
 
-def test_the_cross_validated_baseline_decides_the_baseline_warning():
+def test_the_baseline_warning_averages_the_cross_validated_and_the_predicted_margin():
     truth = np.pad(np.full((10, 10), 0.8), 3)
     recon, std = truth + 0.02, np.full(truth.shape, 0.01)
     opts = uncertainty.Options(noise_replicas=0, error_smoothing=0.0, warn_misfit=0.0, warn_spread=0.0,
@@ -175,22 +175,30 @@ def test_the_cross_validated_baseline_decides_the_baseline_warning():
     region = lambda image: image > 0.1  # noqa: E731
     calibration = uncertainty.Calibration(scale=1.0, mse_scale=1.0, baseline_ratio=0.5)
     maps = {"sigma": np.array([0.03]), "misfit": np.array([1.0]), "cv_error": np.array([0.004]),
-            "cv_baseline": np.array([0.0031]), "baseline": (truth + 0.5)[None]}
+            "cv_baseline": np.array([0.0031]), "baseline": (recon + 0.05)[None]}
     row, _ = uncertainty.slice_columns(recon, truth, region, std, maps, 0, 4, opts, calibration)
     mean_error = 0.0009 + (0.004 - 0.0009) * (1 + 1 / 4) / 2  # one sample's error → the mean of 4's, noise apart
     assert row["cv_margin"] == pytest.approx(10 * np.log10(0.0031 / mean_error))  # +0.38 dB: not clearly better
-    assert row["pred_margin"] > 0 and row["warn"] == 1  # the held-out lines overrule the prediction
-    assert "held-out k-space lines +0.38 dB better than sense" in uncertainty.warnings(row, opts, True)[0]
-    row, _ = uncertainty.slice_columns(recon, truth, region, std, maps, 0, 1, opts, calibration)
-    assert row["cv_margin"] == pytest.approx(10 * np.log10(0.0031 / 0.004))  # one sample is the output itself
-    maps.update(cv_baseline=np.array([0.008]), baseline=recon[None])  # the baseline equals x̄: pred_margin < 0
+    predicted = 0.004  # the map's level: max(spread, cv_error), calibrated with k = c = 1
+    assert row["pred_margin"] == pytest.approx(10 * np.log10(0.5 * (0.05 ** 2 + predicted) / predicted))  # −0.90
+    assert row["margin"] == pytest.approx((row["cv_margin"] + row["pred_margin"]) / 2) and row["warn"] == 1
+    reason = uncertainty.warnings(row, opts, True)[0]
+    assert "estimated -0.26 dB better than sense (cv_margin +0.38 dB and pred_margin -0.90 dB" in reason
+    maps["baseline"] = (recon + 0.1)[None]  # the same held-out lines, a prediction of +2.4 dB: the mean is +1.4
     row, _ = uncertainty.slice_columns(recon, truth, region, std, maps, 0, 4, opts, calibration)
-    assert row["cv_margin"] > 0.5 and row["pred_margin"] < 0 and row["warn"] == 0
+    assert row["margin"] == pytest.approx((0.38 + 2.43) / 2, abs=0.01) and row["warn"] == 0
+    row, _ = uncertainty.slice_columns(recon, truth, region, std, maps, 0, 4, opts, None)
+    assert row["margin"] == row["cv_margin"] and row["warn"] == 1  # uncalibrated: the held-out lines alone
+    row, _ = uncertainty.slice_columns(recon, truth, region, std, maps, 0, 1, opts, None)
+    assert row["cv_margin"] == pytest.approx(10 * np.log10(0.0031 / 0.004))  # one sample is the output itself
+    maps.update(cv_baseline=np.array([0.008]), baseline=recon[None])  # the baseline equals x̄: pred_margin −3 dB
+    row, _ = uncertainty.slice_columns(recon, truth, region, std, maps, 0, 4, opts, calibration)
+    assert row["cv_margin"] > 4 and row["pred_margin"] < 0 and row["margin"] > 0.5 and row["warn"] == 0
     del maps["cv_baseline"]  # no cross-validated baseline: the calibrated prediction decides
     row, _ = uncertainty.slice_columns(recon, truth, region, std, maps, 0, 4, opts, calibration)
-    assert "cv_margin" not in row and row["warn"] == 1
+    assert "cv_margin" not in row and row["margin"] == row["pred_margin"] and row["warn"] == 1
     row, _ = uncertainty.slice_columns(recon, truth, region, std, maps, 0, 4, opts, None)
-    assert row["warn"] == 0  # uncalibrated: no prediction to warn with
+    assert "margin" not in row and row["warn"] == 0  # uncalibrated: no prediction to warn with
 
 
 @pytest.mark.parametrize("folds", [1, 2])
