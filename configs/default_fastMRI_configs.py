@@ -84,8 +84,9 @@ def get_default_configs() -> ml_collections.ConfigDict:
     # l1-wavelet by 3 dB), so a fixed threshold warns about good slices; set it from a calibration set.
     # cross_validate: k-space cross-validation (runners/uncertainty.py): per fold one more sample with every
     # cv_every-th measured line outside the centre held out, scored on them (cv_error, pooled over cv_folds disjoint
-    # folds; about cv_folds/K more time), and warn_baseline likewise (cv_margin, the baseline warning); cv_level: the
-    # map's level follows the larger of the spread's and cv_error (calibrated to one scale), cv_error, or the spread.
+    # folds; about cv_folds/K more time), and warn_baseline likewise (cv_margin: the baseline warning averages it
+    # with the calibrated pred_margin); cv_level: the map's level follows the larger of the spread's and cv_error
+    # (calibrated to one scale), cv_error, or the spread.
     sampling.cross_validate = False
     sampling.cv_every = 4  # with cross_validate: every 4th measured line outside the centre is held out (≥ 2)
     sampling.cv_folds = 2  # with cross_validate: folds of held-out lines, disjoint (1 to cv_every)
