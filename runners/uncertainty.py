@@ -107,11 +107,10 @@ to another setting, it is refused, naming the fields that differ.
 Per-slice columns of `metrics.csv` (`FIELDS`, each where it applies): `sigma` (σ̂), `misfit` (`‖A x̄ − y‖ /
 (σ̂ √m)`, the data misfit in units of the noise, m measured samples: about 1 or below when the reconstruction
 explains its data down to the noise), `cv_error`, `spread_level` (mean(var) beside it, uncalibrated), `pred_psnr`,
-`spread_ratio` (rms of s over rms of √var_noise on the reconstruction's support), `pred_margin`, `cv_margin`,
-`margin`,
-`baseline_psnr` (ground truth), `coverage_50/68/90/95` and `error_rank_corr` (the map against |e| on the object,
-ground truth; `error_rank_ceiling` what the map would reach if it were exact, utils/metrics.rank_ceiling), and
-`warn`: 1 when the reconstruction is predicted to be no better than it should be —
+`spread_ratio` (rms of s over rms of √var_noise on the reconstruction's support), `pred_margin`, `cv_margin`, `margin`
+(the warning's estimate, above), `baseline_psnr` (ground truth), `coverage_50/68/90/95` and `error_rank_corr` (the
+map against |e| on the object, ground truth; `error_rank_ceiling` what the map would reach if it were exact,
+utils/metrics.rank_ceiling), and `warn`: 1 when the reconstruction is predicted to be no better than it should be —
 
     misfit > warn_misfit        the prior cannot explain the measurements down to the noise level;
     spread_ratio < warn_spread  the samples agree far more closely than the noise in the data allows;
