@@ -92,8 +92,8 @@ run on the same data with the config's settings), its MSE is predicted without g
 (r < 1 absorbs the part of their errors that the two methods share) and `pred_margin = 10 log10(r(D + P) / P)` is
 the predicted PSNR gain over the baseline. The two estimates fail in different places — `pred_margin` where the
 calibration does not transfer (images unlike the validation slices: retina vessels +1.8 dB predicted, −8.2 dB true),
-`cv_margin` by which few outer lines are held out (on average +2.3 dB too high at 8×, −1.7 dB too low at 10× over
-the test slices of bench/README.md, where `pred_margin` is off by −0.4 and −0.3 dB) — and their errors are
+`cv_margin` by a bias that follows the acceleration (on average +2.3 dB too high at 8×, −1.7 dB too low at 10×
+over the test slices of bench/README.md, where `pred_margin` is off by −0.4 and −0.3 dB) — and their errors are
 uncorrelated (r = −0.01 over 228 test slices of five sets), so `margin`, the estimate the warning judges, is their
 mean:
 
