@@ -67,7 +67,8 @@ from data_prepare.fastmri_io import write_kspace_file, write_maps_file  # noqa: 
 from data_prepare.simulate_multicoil import (  # noqa: E402
     ACQUISITIONS, fit_to_size, load_stack, select_slices, simulate_volume)
 from runners.reconstruct import reconstruct  # noqa: E402
-from utils.atomic import atomic_path  # noqa: E402
+from runners.folders import FolderBusy  # noqa: E402
+from utils.atomic import atomic_path, write_json  # noqa: E402
 from utils.masks import make_mask  # noqa: E402
 from utils.mri import center_crop, conjugate_gradient, crop_kspace, sense_adjoint, sense_normal  # noqa: E402
 from utils.noise import noise_sigma  # noqa: E402
@@ -335,13 +336,34 @@ def with_margin(entry: dict) -> dict:
     return entry
 
 
+def write_report(folder: str, table: str, entries: list[dict]) -> None:
+    """`table.md` and `results.json` in `folder`, each written whole (a kill leaves the previous file)."""
+    os.makedirs(folder, exist_ok=True)
+    with atomic_path(os.path.join(folder, "table.md")) as tmp, open(tmp, "w") as f:
+        f.write(table + "\n")
+    write_json(os.path.join(folder, "results.json"), entries)
+
+
+def run_entries(out: str, compute):
+    """`compute()`, with another run writing into the same `--out` (a locked reconstruction folder) turned into a
+    one-line exit."""
+    try:
+        return compute()
+    except FolderBusy as err:
+        raise SystemExit(f"--out {out}: {err}") from err
+
+
 def merge_results(path: str, entries: list[dict]) -> list[dict]:
     """The entries of earlier runs in `path` (results.json) with this run's replacing those of the same row and
     acceleration (methods of the same entry merged), in benchmark order: the table grows across partial runs."""
     merged = {}
     if os.path.exists(path):
-        with open(path) as f:
-            merged = {(e["row"], e["acc"]): e for e in json.load(f)}
+        try:
+            with open(path) as f:
+                merged = {(e["row"], e["acc"]): e for e in json.load(f)}
+        except (ValueError, TypeError, KeyError) as err:
+            raise SystemExit(f"{path} is damaged ({type(err).__name__}: {err}); delete it and rerun the rows of the "
+                             f"table (their finished slices are reused)") from err
     for e in entries:
         merged[(e["row"], e["acc"])] = with_margin({**merged.get((e["row"], e["acc"]), {}), **e})
     order = {row: i for i, row in enumerate(ROWS)}
@@ -374,7 +396,9 @@ def slice_note(entry: dict, method: str) -> str:
     return "" if n == usual else f" ({n} slice{'s' if n != 1 else ''})"
 
 
-def save_figure(entries: list[dict], path: str) -> None:
+def save_figure(entries: list[dict], path: str) -> bool:
+    """The mean and worst HFS-SDE − ℓ1-wavelet margin per row and acceleration at `path` (written whole); False,
+    and nothing written, when no entry has both methods."""
     import matplotlib  # noqa: PLC0415
 
     matplotlib.use("Agg")
@@ -382,7 +406,7 @@ def save_figure(entries: list[dict], path: str) -> None:
 
     entries = [e for e in entries if "worst_margin" in e]
     if not entries:
-        return
+        return False
     rows = list(dict.fromkeys(e["row"] for e in entries))
     accs = sorted({e["acc"] for e in entries})
     fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(rows), 3.2))
@@ -403,8 +427,10 @@ def save_figure(entries: list[dict], path: str) -> None:
     ax.set_ylabel("HFS-SDE − ℓ1-wavelet PSNR (dB)")
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -439,17 +465,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"row {skipped} skipped: the bart binary is not installed (apt-get install bart)")
     heads = load_heads(args.heads, args.only_heads, args.head_slices)
     print(format_table([], args.methods))
-    entries = [e for row in rows for e in run_row(row, args.acc, args.methods, heads, args.out, args.max_slices)]
+    entries = run_entries(args.out, lambda: [e for row in rows for e in run_row(row, args.acc, args.methods, heads,
+                                                                                 args.out, args.max_slices)])
     entries = merge_results(os.path.join(args.out, "results.json"), entries)
     methods = [m for m in METHODS if any(m in e for e in entries)]
     table = format_table(entries, methods)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "table.md"), "w") as f:
-        f.write(table + "\n")
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump(entries, f, indent=1)
-    save_figure(entries, os.path.join(args.out, "shift_margin.png"))
-    print(f"\n{table}\ntable, results.json and shift_margin.png in {args.out}")
+    write_report(args.out, table, entries)
+    figure = " and shift_margin.png" if save_figure(entries, os.path.join(args.out, "shift_margin.png")) else ""
+    print(f"\n{table}\ntable.md, results.json{figure} in {args.out}")
     return 0
 
 

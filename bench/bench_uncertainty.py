@@ -197,14 +197,12 @@ def main(argv: list[str] | None = None) -> int:
     heads = bench_shift.load_heads(args.heads, args.only_heads, args.head_slices)
     print(format_table([]))
     calibrations = Calibrations(heads, args)
-    entries = [e for row in rows for acc in args.acc for method in args.methods
-               for e in run(row, acc, method, calibrations, args.transfer)]
+    entries = bench_shift.run_entries(args.out, lambda: [
+        e for row in rows for acc in args.acc for method in args.methods
+        for e in run(row, acc, method, calibrations, args.transfer)])
     out = os.path.join(args.out, "uncertainty")
     table = format_table(entries)
-    with open(os.path.join(out, "table.md"), "w") as f:
-        f.write(table + "\n")
-    with open(os.path.join(out, "results.json"), "w") as f:
-        json.dump(entries, f, indent=1)
+    bench_shift.write_report(out, table, entries)
     save_reliability(os.path.join(out, "reliability.png"),
                      {f"{e['row']} {e['acc']}× (cal. {e['calibrated_on']})": tuple(e["reliability"].values())
                       for e in entries}, "test slices, calibrated error maps")
