@@ -91,6 +91,9 @@ def get_default_configs() -> ml_collections.ConfigDict:
     sampling.cv_every = 4  # with cross_validate: every 4th measured line outside the centre is held out (≥ 2)
     sampling.cv_folds = 2  # with cross_validate: folds of held-out lines, disjoint (1 to cv_every)
     sampling.cv_level = "max"  # with cross_validate: the map's level: 'max' (the larger of the two), 'cv', 'spread'
+    # once calibrated: the map's variance times (detail / the validation slices' detail)^detail_power, detail the
+    # share of the reconstruction's spectral energy beyond min(H, W)/8 (runners/uncertainty.py; 0: off)
+    sampling.detail_power = 0.2
     sampling.noise_replicas = 0
     sampling.error_smoothing = 2.0
     sampling.calibration = ""

@@ -45,9 +45,9 @@ def calibrate(config, workdir: str, num_slices: int = 2) -> dict | None:
         return None
     rows = read_rows(os.path.join(out, "metrics.csv"))
     slices = uncertainty.read_maps(out, rows, mat_path)
-    cv_level = uncertainty.options(config).cv_level
-    calibration = uncertainty.fit(slices, object_support, cv_level)
-    scaled = uncertainty.calibrated(slices, calibration, cv_level)
+    opts = uncertainty.options(config)
+    calibration = uncertainty.fit(slices, object_support, opts.cv_level, opts.detail_power)
+    scaled = uncertainty.calibrated(slices, calibration, opts.cv_level, opts.detail_power)
     predicted = [metrics.predicted_psnr(float(s["recon"].max()), calibration.mse_scale * s["error_std"] ** 2)
                  for s in scaled]
     report = {"slices": len(slices), "data": config.data.eval_root,
@@ -64,8 +64,8 @@ def calibrate(config, workdir: str, num_slices: int = 2) -> dict | None:
     before, after = (dict(zip(report[k]["nominal"], report[k]["observed"]))[uncertainty.CALIBRATION_LEVEL]
                      for k in ("before", "after"))
     logging.info("calibrated on %d validation slices: scale %.4g, MSE scale %.4g, baseline ratio %.4g, level ratio "
-                 "%.4g; coverage of the 95 %% interval %.3f before, %.3f after; predicted PSNR %s against %s (dB) -> "
-                 "%s", len(slices), calibration.scale, calibration.mse_scale, calibration.baseline_ratio,
-                 calibration.cv_ratio, before, after, [round(p, 2) for p in predicted],
+                 "%.4g, detail %.4g; coverage of the 95 %% interval %.3f before, %.3f after; predicted PSNR %s against "
+                 "%s (dB) -> %s", len(slices), calibration.scale, calibration.mse_scale, calibration.baseline_ratio,
+                 calibration.cv_ratio, calibration.detail, before, after, [round(p, 2) for p in predicted],
                  [round(p, 2) for p in report["psnr"]], path)
     return {**report, "calibration": calibration, "path": path}

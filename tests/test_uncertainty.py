@@ -233,6 +233,54 @@ def test_slice_columns_predict_psnr_and_warn():
     assert row == {"sigma": 0.1, "misfit": 3.0, "warn": 0}
 
 
+def test_fine_detail_is_the_spectral_energy_beyond_an_eighth_of_the_size():
+    columns = np.arange(64)[None, :] * np.ones((64, 1))
+    for frequency, share in ((20, 1 / 3), (4, 0.0)):  # 1 + cos: DC power 1, the two cosine bins ¼ each
+        image = 1.0 + np.cos(2 * np.pi * frequency * columns / 64)
+        assert uncertainty.fine_detail(image) == pytest.approx(share, abs=1e-12)
+    rng = np.random.default_rng(0)
+    noise = rng.standard_normal((48, 40))
+    power = np.abs(np.fft.fftshift(np.fft.fft2(noise))) ** 2
+    k = np.hypot(*np.meshgrid(np.arange(48) - 24, np.arange(40) - 20, indexing="ij"))
+    assert uncertainty.fine_detail(noise) == pytest.approx(power[k > 5].sum() / power.sum())  # min(48, 40) / 8
+    assert uncertainty.fine_detail(np.full((16, 16), 3.0)) == 0.0 and uncertainty.fine_detail(np.zeros((8, 8))) == 0.0
+    assert uncertainty.detail_factor(0.2, 0.05, 0.2) == pytest.approx(4 ** 0.2)
+    for detail, reference, power in ((0.2, 0.0, 0.2), (0.2, 0.05, 0.0), (0.0, 0.05, 0.2)):
+        assert uncertainty.detail_factor(detail, reference, power) == 1.0
+
+
+def test_the_calibrated_map_follows_the_slice_detail_against_the_validation_slices():
+    rng = np.random.default_rng(8)
+    everywhere = lambda truth: np.ones(truth.shape, bool)  # noqa: E731
+    slices = synthetic_slices(rng, 2, 2.0, baseline_noise=0.1)
+    slices[1]["recon"] = slices[1]["recon"] + 0.3 * np.cos(np.pi * np.arange(24))[None, :]  # finer than slice 0
+    details = [uncertainty.fine_detail(s["recon"]) for s in slices]
+    calibration = uncertainty.fit(slices, everywhere, detail_power=0.2)
+    assert details[1] > 4 * details[0] and calibration.detail == pytest.approx(math.sqrt(details[0] * details[1]))
+    plain = uncertainty.calibrated(slices, calibration, "spread")
+    adjusted = uncertainty.calibrated(slices, calibration, "spread", detail_power=0.2)
+    for s, p, a, d in zip(slices, plain, adjusted, details):
+        np.testing.assert_allclose(a["error_std"], p["error_std"] * (d / calibration.detail) ** 0.1)
+    assert uncertainty.fit(slices, everywhere).detail == 0.0  # detail_power 0: no reference, no adjustment
+    # at test time: the map's variance, the predicted MSE and PSNR follow (detail / d_ref)^p; uncalibrated, nothing
+    s = slices[1]
+    maps = {"sigma": np.array([0.1]), "misfit": np.array([1.0]), "var_noise": (s["error_std"] ** 2)[None]}
+    opts = uncertainty.Options(noise_replicas=2, error_smoothing=0.0, warn_misfit=0.0, warn_spread=0.0,
+                               warn_baseline="", calibration="", detail_power=0.2)
+    row, error_std = uncertainty.slice_columns(s["recon"], s["truth"], everywhere, None, maps, 0, 1, opts,
+                                               calibration)
+    factor = (details[1] / calibration.detail) ** 0.2
+    np.testing.assert_allclose(error_std, calibration.scale * s["error_std"] * math.sqrt(factor))
+    assert row["detail"] == pytest.approx(details[1])
+    off = uncertainty.Options(**{**opts.__dict__, "detail_power": 0.0})
+    row_off, _ = uncertainty.slice_columns(s["recon"], s["truth"], everywhere, None, maps, 0, 1, off, calibration)
+    assert row_off["pred_psnr"] - row["pred_psnr"] == pytest.approx(10 * math.log10(factor))
+    _, raw = uncertainty.slice_columns(s["recon"], s["truth"], everywhere, None, maps, 0, 1, opts, None)
+    np.testing.assert_allclose(raw, s["error_std"])
+    with pytest.raises(ValueError, match=r"sampling.detail_power=-0.2 is not allowed: a finite number ≥ 0"):
+        uncertainty.Options(**{**opts.__dict__, "detail_power": -0.2})
+
+
 def test_error_variance_adds_both_parts_and_pools_neighbours():
     std, noise = np.zeros((9, 9)), np.zeros((9, 9))
     std[4, 4], noise[0, 0] = 2.0, 1.0
@@ -303,7 +351,8 @@ def test_calibrate_then_reconstruct_with_the_calibration(harness, tmp_path):
 
 def test_calibrated_cross_validated_maps_take_the_larger_level(harness, tmp_path):
     """`cv_level='max'` end to end: the calibration's ρ is the validation rows' geometric mean of spread_level /
-    cv_error, and each test map's mean square is k²·max(spread_level, ρ·cv_error) of its row."""
+    cv_error, d_ref their geometric mean of `detail`, and each test map's mean square is
+    k²·max(spread_level, ρ·cv_error)·(detail / d_ref)^0.2 of its row."""
     import os
 
     import scipy.io
@@ -319,6 +368,7 @@ def test_calibrated_cross_validated_maps_take_the_larger_level(harness, tmp_path
     ratios = [r["spread_level"] / r["cv_error"] for r in validation]
     calibration = report["calibration"]
     assert calibration.cv_ratio == pytest.approx(np.exp(np.mean(np.log(ratios))))
+    assert calibration.detail == pytest.approx(np.exp(np.mean(np.log([r["detail"] for r in validation]))))
     config.sampling.calibration, config.sampling.output_dir = report["path"], str(tmp_path / "test")
     reconstruct(config, workdir)
     rows = read_rows(str(tmp_path / "test" / "metrics.csv"))
@@ -326,6 +376,7 @@ def test_calibrated_cross_validated_maps_take_the_larger_level(harness, tmp_path
     for row in rows:
         error_std = scipy.io.loadmat(tmp_path / "test" / f"recon_{row['fname']}_{row['slice']}.mat")["error_std"]
         level = max(row["spread_level"], calibration.cv_ratio * row["cv_error"])
+        level *= (row["detail"] / calibration.detail) ** 0.2
         assert np.mean(error_std.astype(np.float64) ** 2) == pytest.approx(calibration.scale ** 2 * level, rel=1e-5)
 
 
@@ -333,6 +384,7 @@ def test_calibrated_cross_validated_maps_take_the_larger_level(harness, tmp_path
     ('{"calibration": {"scale": 1.2, "mse_scale"', "not a readable calibration.json"),  # cut off mid-write
     ('{"calibration": {"scale": 1.2, "cv_ratio": NaN}, "key": {}}', r"cv_ratio=nan.*finite number > 0"),
     ('{"calibration": {"scale": -1.0}, "key": {}}', r"scale=-1.0.*finite number > 0"),
+    ('{"calibration": {"scale": 1.2, "detail": -0.1}, "key": {}}', r"detail=-0.1.*detail ≥ 0"),
     ('{"calibration": {"scale": 1.2, "spread": 2}, "key": {}}', "not a readable calibration.json"),
     ('[1, 2]', "not a readable calibration.json"),
 ])
