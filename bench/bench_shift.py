@@ -68,6 +68,7 @@ from data_prepare.simulate_multicoil import (  # noqa: E402
     ACQUISITIONS, fit_to_size, load_stack, select_slices, simulate_volume)
 from runners.reconstruct import reconstruct  # noqa: E402
 from runners.folders import FolderBusy  # noqa: E402
+from runners.outputs import OtherSetting  # noqa: E402
 from utils.atomic import atomic_path, write_json  # noqa: E402
 from utils.masks import make_mask  # noqa: E402
 from utils.mri import center_crop, conjugate_gradient, crop_kspace, sense_adjoint, sense_normal  # noqa: E402
@@ -345,11 +346,11 @@ def write_report(folder: str, table: str, entries: list[dict]) -> None:
 
 
 def run_entries(out: str, compute):
-    """`compute()`, with another run writing into the same `--out` (a locked reconstruction folder) turned into a
-    one-line exit."""
+    """`compute()`, with another run writing into the same `--out` (a locked reconstruction folder), or a folder
+    there that holds results of another setting (another version's, other options), turned into a one-line exit."""
     try:
         return compute()
-    except FolderBusy as err:
+    except (FolderBusy, OtherSetting) as err:
         raise SystemExit(f"--out {out}: {err}") from err
 
 

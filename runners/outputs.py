@@ -199,6 +199,11 @@ def _own_names(keys) -> set[str]:
     return names
 
 
+class OtherSetting(ValueError):
+    """An output folder that holds results this run cannot add to (another setting, not this tool's, or a damaged
+    setting.json); the message names the folder and what to do."""
+
+
 def claim_output_folder(identity: Identity, out: str, keys) -> None:
     """Record the result identity in `out` (`setting.json`: its name and fields), or check that the results already
     there have the same one (runners/identity.py). A folder without `setting.json` is not ours: a file in it with
@@ -210,7 +215,7 @@ def claim_output_folder(identity: Identity, out: str, keys) -> None:
         names = _own_names(keys)
         foreign = sorted(n for n in os.listdir(out) if n in names or fnmatch.fnmatch(n, RANK_ROWS.format("*")))
         if foreign:
-            raise ValueError(f"{out} was not made by this tool (no setting.json) and holds {', '.join(foreign[:3])}"
+            raise OtherSetting(f"{out} was not made by this tool (no setting.json) and holds {', '.join(foreign[:3])}"
                              f"{' …' if len(foreign) > 3 else ''}, which a reconstruction would replace; give a new "
                              f"sampling.output_dir")
         write_json(path, current)
@@ -220,9 +225,9 @@ def claim_output_folder(identity: Identity, out: str, keys) -> None:
             saved = json.load(f)
         changed = differences(saved.get("fields", saved), identity.fields)
     except (ValueError, AttributeError):  # not JSON, or not the object this tool writes
-        raise ValueError(f"{path} is damaged (not the setting.json this tool writes), so the results in {out} cannot "
+        raise OtherSetting(f"{path} is damaged (not the setting.json this tool writes), so the results in {out} cannot "
                          f"be matched to this run; give a new sampling.output_dir or delete the folder to redo it"
                          ) from None
     if changed:
-        raise ValueError(f"{out} holds reconstructions of another setting (differs in {', '.join(changed)}); give a "
+        raise OtherSetting(f"{out} holds reconstructions of another setting (differs in {', '.join(changed)}); give a "
                          f"new sampling.output_dir or delete the folder to redo it")

@@ -126,3 +126,19 @@ def test_the_second_unseen_head_loads_as_its_listed_slices():
     assert colin.shape == (len(bench_shift.COLIN_SLICES), bench_shift.SIZE, bench_shift.SIZE)
     assert colin.min() == 0.0 and colin.max() <= 1.0 and np.all(colin.max(axis=(1, 2)) > 0.8)
     assert all((s > 0.1).mean() > 0.3 for s in colin)  # a head fills each slice, not an empty border
+
+
+def test_a_folder_of_another_setting_under_out_ends_the_run_in_one_line(tmp_path):
+    from runners.identity import Identity
+    from runners.outputs import claim_output_folder
+
+    folder = tmp_path / "uncertainty" / "fastmri"
+    folder.mkdir(parents=True)
+    claim_output_folder(Identity("x", {"uncertainty": {"detail_power": 0.0}}), str(folder), [])
+
+    def compute():
+        claim_output_folder(Identity("x", {"uncertainty": {"detail_power": 0.2}}), str(folder), [])
+
+    with pytest.raises(SystemExit, match=rf"^--out {re.escape(str(tmp_path))}: {re.escape(str(folder))} holds "
+                                         r"reconstructions of another setting \(differs in uncertainty.detail_power\)"):
+        bench_shift.run_entries(str(tmp_path), compute)
