@@ -92,7 +92,7 @@ def judge(folder: str) -> dict:
     losing = [r["warn"] for r, m in zip(rows, margin) if m < 0]
     winning = [r["warn"] for r, m in zip(rows, margin) if m >= CLEAR_WIN_DB]
     slices = [{k: r.get(k) for k in ("fname", "slice", "psnr", "pred_psnr", "baseline_psnr", "misfit", "spread_ratio",
-                                     "pred_margin", "cv_margin", "margin", "coverage_95", "error_rank_corr",
+                                     "detail", "pred_margin", "cv_margin", "margin", "coverage_95", "error_rank_corr",
                                      "error_rank_ceiling", "warn")}
               for r in rows]
     return {"coverage": [summary[f"coverage_{p}"] for p in (50, 68, 90, 95)],
