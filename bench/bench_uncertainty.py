@@ -167,8 +167,8 @@ def main(argv: list[str] | None = None) -> int:
                         "calibration fitted on this row's validation slices")
     parser.add_argument("--noise-replicas", type=int, default=4, help="sampling.noise_replicas")
     parser.add_argument("--cross-validate", action="store_true", help="sampling.cross_validate (folders <method>-cv)")
-    parser.add_argument("--cv-level", choices=[v for v in CV_LEVELS if v != "max"], default="",
-                        help="with --cross-validate: sampling.cv_level (default: the config's, 'max'; folders "
+    parser.add_argument("--cv-level", choices=[v for v in CV_LEVELS if v != "geomean"], default="",
+                        help="with --cross-validate: sampling.cv_level (default: the config's, 'geomean'; folders "
                         "<method>-cv-<level>)")
     parser.add_argument("--cv-every", type=int, default=0, help="with --cross-validate: sampling.cv_every, every "
                         "n-th outer line held out (0: the config's, 4; folders <method>-cv<n>)")

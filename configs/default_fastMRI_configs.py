@@ -85,15 +85,15 @@ def get_default_configs() -> ml_collections.ConfigDict:
     # cross_validate: k-space cross-validation (runners/uncertainty.py): per fold one more sample with every
     # cv_every-th measured line outside the centre held out, scored on them (cv_error, pooled over cv_folds disjoint
     # folds; about cv_folds/K more time), and warn_baseline likewise (cv_margin: the baseline warning averages it
-    # with the calibrated pred_margin); cv_level: the map's level follows the larger of the spread's and cv_error
-    # (calibrated to one scale), cv_error, or the spread.
+    # with the calibrated pred_margin); cv_level: the map's level follows the geometric mean of the spread's and
+    # cv_error (calibrated to one scale), the larger of the two, cv_error, or the spread.
     sampling.cross_validate = False
     sampling.cv_every = 4  # with cross_validate: every 4th measured line outside the centre is held out (≥ 2)
     sampling.cv_folds = 2  # with cross_validate: folds of held-out lines, disjoint (1 to cv_every)
-    sampling.cv_level = "max"  # with cross_validate: the map's level: 'max' (the larger of the two), 'cv', 'spread'
+    sampling.cv_level = "geomean"  # with cross_validate: the map's level: 'geomean', 'max', 'cv', 'spread'
     # once calibrated: the map's variance times (detail / the validation slices' detail)^detail_power, detail the
     # share of the reconstruction's spectral energy beyond min(H, W)/8 (runners/uncertainty.py; 0: off)
-    sampling.detail_power = 0.2
+    sampling.detail_power = 0.3
     sampling.noise_replicas = 0
     sampling.error_smoothing = 2.0
     sampling.calibration = ""

@@ -57,7 +57,7 @@ def calibrate(config, workdir: str, num_slices: int = 2) -> dict | None:
     with open(os.path.join(out, "setting.json")) as f:
         identity = json.load(f)
     path = os.path.join(out, "calibration.json")
-    uncertainty.write_calibration(path, calibration, identity, report)
+    uncertainty.write_calibration(path, calibration, identity, opts, report)
     save_reliability(os.path.join(out, "reliability.png"),
                      {"uncalibrated": tuple(report["before"].values()), "calibrated": tuple(report["after"].values())},
                      f"{len(slices)} validation slice(s): k = {calibration.scale:.3g}, c = {calibration.mse_scale:.3g}")

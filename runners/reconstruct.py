@@ -269,7 +269,7 @@ def _reconstruct(config, workdir: str, ctx: Dist, split: str) -> dict:
     limit = int(config.sampling.max_slices)
     wanted = range(min(limit, len(keys)) if limit > 0 else len(keys))
     identity = reconstructor.identity(config, dataset.volumes, [keys[i] for i in wanted], mask)
-    calibration = uncertainty.load_calibration(config.sampling.calibration, identity)
+    calibration = uncertainty.load_calibration(config.sampling.calibration, identity, reconstructor.uncertainty)
     identity = uncertainty.with_calibration(identity, calibration)
     out = output_folder(config, workdir, identity, split)
     key = "sampling.output_dir" if config.sampling.output_dir else "--workdir"

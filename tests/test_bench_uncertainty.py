@@ -14,6 +14,7 @@ FOLDERS = {"test": "/d/test", "val": "/d/val", "test_maps": "/d/test_maps", "val
 @pytest.mark.parametrize("cross_validate, cv_level, cv_every, cv_folds, folder",
                          [(False, "", 0, 0, "hfssde"), (True, "", 0, 0, "hfssde-cv"),
                           (True, "spread", 0, 0, "hfssde-cv-spread"), (True, "cv", 0, 0, "hfssde-cv-cv"),
+                          (True, "max", 0, 0, "hfssde-cv-max"),
                           (True, "", 2, 0, "hfssde-cv2"), (True, "", 0, 1, "hfssde-cvf1"),
                           (True, "", 4, 3, "hfssde-cv4f3")])
 def test_each_map_has_its_folder_and_options(cross_validate, cv_level, cv_every, cv_folds, folder):
@@ -22,7 +23,7 @@ def test_each_map_has_its_folder_and_options(cross_validate, cv_level, cv_every,
     config = bench_uncertainty.uncertainty_config("hfssde", "fastmri", FOLDERS, 8, "/o", 1e-4, args, "test")
     s = config.sampling
     assert s.output_dir == f"/o/uncertainty/fastmri/acc8/test/{folder}"
-    assert (s.cross_validate, s.cv_level, s.cv_every, s.cv_folds) == (cross_validate, cv_level or "max",
+    assert (s.cross_validate, s.cv_level, s.cv_every, s.cv_folds) == (cross_validate, cv_level or "geomean",
                                                                       cv_every or 4, cv_folds or 2)
     assert (s.warn_baseline, s.l1_lambda, s.noise_replicas) == ("l1wavelet", 1e-4, 4)
     assert config.data.eval_root == "/d/val"

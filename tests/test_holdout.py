@@ -93,8 +93,8 @@ def test_cv_folds_must_be_a_whole_number_up_to_cv_every(value):
 
 
 @pytest.mark.parametrize("value", [True, False, "both", ""])
-def test_cv_level_must_be_one_of_the_three_levels(value):
-    with pytest.raises(ValueError, match=r"sampling.cv_level=.* one of \['max', 'cv', 'spread'\].*True was 'cv'"):
+def test_cv_level_must_be_one_of_the_four_levels(value):
+    with pytest.raises(ValueError, match=r"sampling.cv_level=.* one of \['geomean', 'max', 'cv', 'spread'\].*True was"):
         uncertainty.Options(noise_replicas=0, error_smoothing=0.0, warn_misfit=0.0, warn_spread=0.0,
                             warn_baseline="", calibration="", cross_validate=True, cv_level=value)
 
@@ -110,19 +110,29 @@ def test_slice_columns_set_the_map_to_the_cross_validation_level():
     spread = 1.25 * std ** 2  # (1 + 1/K)·s², K = 4
     assert np.mean(spread) < 0.004 < 20 * np.mean(spread)
     for level, cv_ratio, mean in (("max", 1.0, 0.004), ("max", 0.05, np.mean(spread)), ("cv", 0.05, 0.004),
-                                  ("spread", 1.0, np.mean(spread))):
+                                  ("spread", 1.0, np.mean(spread)), ("geomean", 1.0, np.sqrt(np.mean(spread) * 0.004)),
+                                  ("geomean", 0.05, np.sqrt(np.mean(spread) * 0.05 * 0.004))):
         calibration = uncertainty.Calibration(scale=1.5, mse_scale=0.8, cv_ratio=cv_ratio)
         row, error_std = uncertainty.slice_columns(recon, truth, region, std, maps, 0, 4,
                                                    dataclasses.replace(opts, cv_level=level), calibration)
         np.testing.assert_allclose(error_std, 1.5 * np.sqrt(spread * mean / np.mean(spread)))  # the spread's shape
         assert (row["cv_error"], row["spread_level"]) == (0.004, pytest.approx(np.mean(spread)))
         assert row["pred_psnr"] == pytest.approx(10 * np.log10(recon.max() ** 2 / (0.8 * 1.5 ** 2 * mean)))
-    for level in ("max", "cv"):  # one image and no replicas: a flat map at the held-out level
+    for level in ("geomean", "max", "cv"):  # one image and no replicas: a flat map at the held-out level
         row, flat = uncertainty.slice_columns(recon, truth, region, None, maps, 0, 1,
                                               dataclasses.replace(opts, cv_level=level), None)
         np.testing.assert_allclose(flat, np.sqrt(0.004))
         assert row["pred_psnr"] == pytest.approx(10 * np.log10(recon.max() ** 2 / 0.004))
         assert "spread_level" not in row
+
+
+def test_the_geometric_mean_level_takes_the_positive_one_when_the_other_is_zero():
+    assert uncertainty.cv_map_level(4e-4, 1e-3, "geomean", 0.4) == pytest.approx(4e-4)
+    assert uncertainty.cv_map_level(0.0, 1e-3, "geomean", 0.4) == pytest.approx(4e-4)
+    assert uncertainty.cv_map_level(2e-4, 0.0, "geomean", 0.4) == pytest.approx(2e-4)
+    assert uncertainty.cv_map_level(0.0, 0.0, "geomean", 0.4) == 0.0
+    assert uncertainty.cv_map_level(None, 1e-3, "geomean", 0.4) == 1e-3  # no spread: cv_error, as 'max'
+    assert np.isnan(uncertainty.cv_map_level(2e-4, np.nan, "geomean", 0.4))  # a failed fold is not hidden
 
 
 def _columns(slices, opts, calibration):
@@ -138,7 +148,7 @@ def _columns(slices, opts, calibration):
     return out
 
 
-@pytest.mark.parametrize("cv_level", ["max", "cv", "spread"])
+@pytest.mark.parametrize("cv_level", ["geomean", "max", "cv", "spread"])
 def test_the_calibrated_map_is_the_one_the_calibration_was_fitted_on(cv_level):
     """`fit` on an uncalibrated validation run (ρ = 1) sets its maps to the fitted ρ (`at_level`); a run with the
     calibration then makes exactly those maps, times k, and its ±1.96σ covers 95 % of the validation pixels."""
@@ -154,13 +164,14 @@ def test_the_calibrated_map_is_the_one_the_calibration_was_fitted_on(cv_level):
     region = lambda image: image > 0.1  # noqa: E731
     calibration = uncertainty.fit(validation, region, cv_level)
     levels = np.array([[v["spread_level"], v["cv_error"]] for v in validation])
-    expected = np.exp(np.mean(np.log(levels[:, 0] / levels[:, 1]))) if cv_level == "max" else 1.0
+    expected = np.exp(np.mean(np.log(levels[:, 0] / levels[:, 1]))) if cv_level in ("geomean", "max") else 1.0
     assert calibration.cv_ratio == pytest.approx(expected)
     calibrated = _columns(slices, opts, calibration)
     for v, c, (spread_level, cv_error) in zip(uncertainty.at_level(validation, cv_level, calibration.cv_ratio),
                                                calibrated, levels):
         np.testing.assert_allclose(c["error_std"], calibration.scale * v["error_std"], rtol=1e-12)
-        mean = {"max": max(spread_level, expected * cv_error), "cv": cv_error, "spread": spread_level}[cv_level]
+        mean = {"max": max(spread_level, expected * cv_error), "cv": cv_error, "spread": spread_level,
+                "geomean": np.sqrt(spread_level * expected * cv_error)}[cv_level]
         np.testing.assert_allclose(np.mean(c["error_std"] ** 2), calibration.scale ** 2 * mean, rtol=1e-12)
     inside = np.concatenate([np.abs(c["recon"] - c["truth"])[region(c["truth"])] <= 1.96 * c["error_std"][
         region(c["truth"])] for c in calibrated])
@@ -171,7 +182,7 @@ def test_the_baseline_warning_averages_the_cross_validated_and_the_predicted_mar
     truth = np.pad(np.full((10, 10), 0.8), 3)
     recon, std = truth + 0.02, np.full(truth.shape, 0.01)
     opts = uncertainty.Options(noise_replicas=0, error_smoothing=0.0, warn_misfit=0.0, warn_spread=0.0,
-                               warn_baseline="sense", calibration="", cross_validate=True)
+                               warn_baseline="sense", calibration="", cross_validate=True, cv_level="max")
     region = lambda image: image > 0.1  # noqa: E731
     calibration = uncertainty.Calibration(scale=1.0, mse_scale=1.0, baseline_ratio=0.5)
     maps = {"sigma": np.array([0.03]), "misfit": np.array([1.0]), "cv_error": np.array([0.004]),

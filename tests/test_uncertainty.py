@@ -1,5 +1,7 @@
 """Error maps (issue 17): the conformal quantile, coverage, predicted PSNR and the pseudo-replica noise propagation,
 against float64 references on tiny problems; then the calibration fit and its use in the reconstruction harness."""
+import dataclasses
+import json
 import math
 
 import numpy as np
@@ -296,7 +298,7 @@ def test_default_options_leave_the_identity_unchanged():
 
     config = get_default_configs()
     opts = uncertainty.options(config)
-    assert uncertainty.identity_fields(opts, None) is None
+    assert uncertainty.identity_fields(opts, None) is None and (opts.cv_level, opts.detail_power) == ("geomean", 0.3)
     config.sampling.noise_replicas = 3
     assert uncertainty.identity_fields(uncertainty.options(config), None)["noise_replicas"] == 3
     config.sampling.warn_baseline = "vp"
@@ -319,7 +321,6 @@ def harness(make_fastmri, tmp_path):
 
 
 def test_calibrate_then_reconstruct_with_the_calibration(harness, tmp_path):
-    import json
     import os
 
     import scipy.io
@@ -349,10 +350,12 @@ def test_calibrate_then_reconstruct_with_the_calibration(harness, tmp_path):
         reconstruct(config, workdir)
 
 
-def test_calibrated_cross_validated_maps_take_the_larger_level(harness, tmp_path):
-    """`cv_level='max'` end to end: the calibration's ρ is the validation rows' geometric mean of spread_level /
-    cv_error, d_ref their geometric mean of `detail`, and each test map's mean square is
-    k²·max(spread_level, ρ·cv_error)·(detail / d_ref)^0.2 of its row."""
+@pytest.mark.parametrize("cv_level", ["geomean", "max"])
+def test_calibrated_cross_validated_maps_combine_the_two_levels(harness, tmp_path, cv_level):
+    """The levels on one scale end to end: the calibration's ρ is the validation rows' geometric mean of
+    spread_level / cv_error, d_ref their geometric mean of `detail`, and each test map's mean square is
+    k²·√(spread_level·ρ·cv_error)·(detail / d_ref)^p ('geomean'; max(spread_level, ρ·cv_error) for 'max') of its
+    row, p the default `detail_power`."""
     import os
 
     import scipy.io
@@ -362,7 +365,7 @@ def test_calibrated_cross_validated_maps_take_the_larger_level(harness, tmp_path
     from runners.reconstruct import reconstruct
 
     config, workdir = harness
-    config.sampling.cross_validate = True
+    config.sampling.cross_validate, config.sampling.cv_level = True, cv_level
     report = calibrate(config, workdir, 2)
     validation = read_rows(os.path.join(os.path.dirname(report["path"]), "metrics.csv"))
     ratios = [r["spread_level"] / r["cv_error"] for r in validation]
@@ -375,8 +378,9 @@ def test_calibrated_cross_validated_maps_take_the_larger_level(harness, tmp_path
     assert len(rows) == 2
     for row in rows:
         error_std = scipy.io.loadmat(tmp_path / "test" / f"recon_{row['fname']}_{row['slice']}.mat")["error_std"]
-        level = max(row["spread_level"], calibration.cv_ratio * row["cv_error"])
-        level *= (row["detail"] / calibration.detail) ** 0.2
+        spread, cv = row["spread_level"], calibration.cv_ratio * row["cv_error"]
+        level = np.sqrt(spread * cv) if cv_level == "geomean" else max(spread, cv)
+        level *= (row["detail"] / calibration.detail) ** config.sampling.detail_power
         assert np.mean(error_std.astype(np.float64) ** 2) == pytest.approx(calibration.scale ** 2 * level, rel=1e-5)
 
 
@@ -391,10 +395,34 @@ def test_calibrated_cross_validated_maps_take_the_larger_level(harness, tmp_path
 def test_a_damaged_calibration_file_is_refused_by_name(tmp_path, text, message):
     from runners.identity import Identity
 
+    opts = uncertainty.Options(noise_replicas=0, error_smoothing=2.0, warn_misfit=0.0, warn_spread=0.0,
+                               warn_baseline="", calibration="")
     path = tmp_path / "calibration.json"
     path.write_text(text)
     with pytest.raises(ValueError, match=message) as err:
-        uncertainty.load_calibration(str(path), Identity("x", {}))
+        uncertainty.load_calibration(str(path), Identity("x", {}), opts)
     assert str(path) in str(err.value)
-    path.write_text('{"calibration": {"scale": 1.2, "cv_ratio": 0.5}, "key": {}}')
-    assert uncertainty.load_calibration(str(path), Identity("x", {})) == uncertainty.Calibration(1.2, cv_ratio=0.5)
+    key = json.dumps(uncertainty.calibration_key({}, opts))
+    path.write_text(f'{{"calibration": {{"scale": 1.2, "cv_ratio": 0.5}}, "key": {key}}}')
+    assert uncertainty.load_calibration(str(path), Identity("x", {}), opts) == uncertainty.Calibration(1.2,
+                                                                                                       cv_ratio=0.5)
+
+
+def test_a_calibration_keeps_the_options_that_the_identity_leaves_out_at_their_defaults(tmp_path):
+    """With every error-map option at its default a run's identity has no `uncertainty` field, but a calibration's
+    key keeps them all: one fitted under another default (here the detail power before 2026-12-01) is refused."""
+    from runners.identity import Identity
+
+    opts = uncertainty.Options(noise_replicas=0, error_smoothing=2.0, warn_misfit=0.0, warn_spread=0.0,
+                               warn_baseline="", calibration="")
+    assert uncertainty.identity_fields(opts, None) is None
+    identity = Identity("x", {"method": "hfssde"})
+    key = uncertainty.calibration_key(identity.fields, opts)
+    assert (key["method"], key["uncertainty.cv_level"], key["uncertainty.detail_power"]) == ("hfssde", "geomean", 0.3)
+    path = str(tmp_path / "calibration.json")
+    older = dataclasses.replace(opts, detail_power=0.2)
+    uncertainty.write_calibration(path, uncertainty.Calibration(1.2, detail=0.03), {"identity": "x", "fields":
+                                                                                    identity.fields}, older, {})
+    assert uncertainty.load_calibration(path, identity, older).detail == 0.03
+    with pytest.raises(ValueError, match=r"was fitted for another setting \(differs in uncertainty.detail_power\)"):
+        uncertainty.load_calibration(path, identity, opts)
