@@ -16,12 +16,14 @@ the demo configs (`configs/{hfssde,vp}/{brain,phantom}_demo.py`), which were cho
 to `results/demo/` (`default_out`: `results/demo_fast/` with `--fast`, `results/demo_all/` with `--slices 0`,
 `…_calibrated/` with `--calibrate`, so that each kind of run keeps its own folders; `--out` to change; a rerun
 reuses the finished slices): one folder per set, acceleration and
-method with the usual reconstruction outputs (runners/reconstruct.py), `table.md` (with the error maps' coverage,
+method with the usual reconstruction outputs (runners/reconstruct.py; with `--calibrate` the validation slices'
+reconstructions and `calibration.json` in `acc{R}/validation/<method>/`), `table.md` (with the error maps' coverage,
 rank correlation and predicted PSNR), `summary.json`, `comparison_<set>_acc{R}.png` and `reliability_<set>.png`.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import os
 import sys
@@ -81,7 +83,10 @@ def run(name: str, out: str, fast: bool, slices: int, calibrated: bool = False) 
                 continue
             if calibrated and is_diffusion(config.sampling.method) and (
                     config.sampling.num_samples > 1 or config.sampling.noise_replicas > 0):
-                config.sampling.calibration = calibrate(config, out)["path"]
+                validation = copy.deepcopy(config)
+                validation.sampling.output_dir = os.path.join(out, f"acc{acc}", "validation",
+                                                              os.path.basename(config.sampling.output_dir))
+                config.sampling.calibration = calibrate(validation, out)["path"]
             summary = reconstruct(config, out)
             rows.append({**summary, "set": name, "method": label, "acc": acc, "folder": config.sampling.output_dir})
             if label == "HFS-SDE" and "sample_psnr" in summary:

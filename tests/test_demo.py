@@ -36,6 +36,31 @@ def test_demo_fast_runs_every_method(tmp_path, capsys):
         demo.main(["--fast", "--out", str(tmp_path)])
 
 
+def test_calibrate_reconstructs_the_validation_slices_beside_not_into_the_test_folder(tmp_path, monkeypatch):
+    """`--calibrate`: each diffusion method's validation run has its own folder (`acc<R>/validation/<method>`), so
+    the test run that follows does not find its folder holding another setting."""
+    calls = []
+
+    def calibrate(config, out):
+        calls.append(("validation", config.sampling.output_dir, config.sampling.calibration))
+        return {"path": os.path.join(config.sampling.output_dir, "calibration.json")}
+
+    def reconstruct(config, out):
+        calls.append(("test", config.sampling.output_dir, config.sampling.calibration))
+        return {}
+
+    monkeypatch.setattr(demo, "calibrate", calibrate)
+    monkeypatch.setattr(demo, "reconstruct", reconstruct)
+    demo.run("brain", str(tmp_path), fast=True, slices=1, calibrated=True)
+    validation = [c for c in calls if c[0] == "validation"]
+    assert len(validation) == 2 * len(SETS["brain"][2])  # VP-SDE and HFS-SDE at each acceleration
+    for kind, folder, calibration in validation:
+        acc_dir, name = os.path.split(folder)
+        assert os.path.basename(os.path.dirname(acc_dir)) != "validation" and os.path.basename(acc_dir) == "validation"
+        test = [c for c in calls if c[0] == "test" and c[1] == os.path.join(os.path.dirname(acc_dir), name)]
+        assert len(test) == 1 and test[0][2] == os.path.join(folder, "calibration.json") and calibration == ""
+
+
 def test_each_kind_of_demo_run_has_its_own_default_folder():
     kinds = [(False, 1, False), (True, 1, False), (False, 0, False), (False, 2, False), (False, 1, True),
              (False, 0, True)]
