@@ -54,9 +54,9 @@ def test_calibrate_reconstructs_the_validation_slices_beside_not_into_the_test_f
     demo.run("brain", str(tmp_path), fast=True, slices=1, calibrated=True)
     validation = [c for c in calls if c[0] == "validation"]
     assert len(validation) == 2 * len(SETS["brain"][2])  # VP-SDE and HFS-SDE at each acceleration
-    for kind, folder, calibration in validation:
+    for _, folder, calibration in validation:
         acc_dir, name = os.path.split(folder)
-        assert os.path.basename(os.path.dirname(acc_dir)) != "validation" and os.path.basename(acc_dir) == "validation"
+        assert os.path.basename(acc_dir) == "validation"
         test = [c for c in calls if c[0] == "test" and c[1] == os.path.join(os.path.dirname(acc_dir), name)]
         assert len(test) == 1 and test[0][2] == os.path.join(folder, "calibration.json") and calibration == ""
 
