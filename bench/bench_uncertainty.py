@@ -49,7 +49,7 @@ from absl import logging as absl_logging  # noqa: E402
 from runners.calibrate import calibrate  # noqa: E402
 from runners.outputs import read_rows  # noqa: E402
 from runners.reconstruct import reconstruct  # noqa: E402
-from runners.uncertainty import CV_LEVELS  # noqa: E402
+from runners.uncertainty import CV_LEVELS, DEFAULTS  # noqa: E402
 from utils.figures import save_reliability  # noqa: E402
 
 METHODS = ("hfssde", "vpsde", "hfssde-pc")
@@ -167,9 +167,9 @@ def main(argv: list[str] | None = None) -> int:
                         "calibration fitted on this row's validation slices")
     parser.add_argument("--noise-replicas", type=int, default=4, help="sampling.noise_replicas")
     parser.add_argument("--cross-validate", action="store_true", help="sampling.cross_validate (folders <method>-cv)")
-    parser.add_argument("--cv-level", choices=[v for v in CV_LEVELS if v != "geomean"], default="",
-                        help="with --cross-validate: sampling.cv_level (default: the config's, 'geomean'; folders "
-                        "<method>-cv-<level>)")
+    parser.add_argument("--cv-level", choices=[v for v in CV_LEVELS if v != DEFAULTS["cv_level"]], default="",
+                        help=f"with --cross-validate: sampling.cv_level (default: the config's, "
+                        f"'{DEFAULTS['cv_level']}'; folders <method>-cv-<level>)")
     parser.add_argument("--cv-every", type=int, default=0, help="with --cross-validate: sampling.cv_every, every "
                         "n-th outer line held out (0: the config's, 4; folders <method>-cv<n>)")
     parser.add_argument("--cv-folds", type=int, default=0, help="with --cross-validate: sampling.cv_folds, disjoint "
