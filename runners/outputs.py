@@ -216,8 +216,8 @@ def claim_output_folder(identity: Identity, out: str, keys) -> None:
         foreign = sorted(n for n in os.listdir(out) if n in names or fnmatch.fnmatch(n, RANK_ROWS.format("*")))
         if foreign:
             raise OtherSetting(f"{out} was not made by this tool (no setting.json) and holds {', '.join(foreign[:3])}"
-                             f"{' …' if len(foreign) > 3 else ''}, which a reconstruction would replace; give a new "
-                             f"sampling.output_dir")
+                               f"{' …' if len(foreign) > 3 else ''}, which a reconstruction would replace; give a "
+                               f"new sampling.output_dir")
         write_json(path, current)
         return
     try:
@@ -225,9 +225,9 @@ def claim_output_folder(identity: Identity, out: str, keys) -> None:
             saved = json.load(f)
         changed = differences(saved.get("fields", saved), identity.fields)
     except (ValueError, AttributeError):  # not JSON, or not the object this tool writes
-        raise OtherSetting(f"{path} is damaged (not the setting.json this tool writes), so the results in {out} cannot "
-                         f"be matched to this run; give a new sampling.output_dir or delete the folder to redo it"
-                         ) from None
+        raise OtherSetting(f"{path} is damaged (not the setting.json this tool writes), so the results in {out} "
+                           f"cannot be matched to this run; give a new sampling.output_dir or delete the folder to "
+                           f"redo it") from None
     if changed:
-        raise OtherSetting(f"{out} holds reconstructions of another setting (differs in {', '.join(changed)}); give a "
-                         f"new sampling.output_dir or delete the folder to redo it")
+        raise OtherSetting(f"{out} holds reconstructions of another setting (differs in {', '.join(changed)}); give "
+                           f"a new sampling.output_dir or delete the folder to redo it")

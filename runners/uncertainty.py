@@ -51,14 +51,14 @@ lines and makes the score noisier). The calibration puts the two levels on one s
 validation slices of log(mean(var) / cv_error))` (no ground truth needed). 'geomean' averages their logarithms: on
 two of the three unseen heads of bench/README.md, with the fine-detail factor below, the two bracket the truth (each
 alone predicts Colin27's PSNR 0.6 dB too high and 0.5 dB too low, a real head's 1.6 dB too high and 1.3 dB too low;
-the macaque's 0.4 and 0.6 dB too low), and the mean cancels what 'max' (the error is at least what either says; the default until 2026-12-01) keeps as
-pessimism. Its price is optimism where both levels promise too little: on images unlike a brain the predicted PSNR is
-within 1.5 dB on 37 of their 51 slices against 42 with 'max' (too high by up to 3.8 dB at 4×), and at 4× on brains it
-is 0.9 dB too high on average (0.5 with 'max'). The
-calibration's `c` is then the ratio of the MSE to that level on the validation slices. It costs F samples per slice
-and changes the map's level (coverage, predicted PSNR), not the rank correlation; the cross-validation's
-`cv_error` and `cv_margin` do not depend on `cv_level`. With a baseline (`sampling.warn_baseline`, below) the
-baseline is cross-validated on the same folds, and
+the macaque's 0.4 and 0.6 dB too low), and the mean cancels what 'max' (the error is at least what either says; the
+default until 2026-12-01) keeps as pessimism. Its price is optimism where both levels promise too little: on images
+unlike a brain the predicted PSNR is within 1.5 dB on 37 of their 51 slices against 42 with 'max' (too high by up to
+3.8 dB at 4×), and at 4× on brains it is 0.9 dB too high on average (0.5 with 'max'). The calibration's `c` is then
+the ratio of the MSE to that level on the validation slices. It costs F samples per slice and changes the map's
+level (coverage, predicted PSNR), not the rank correlation; the cross-validation's `cv_error` and `cv_margin` do not
+depend on `cv_level`. With a baseline (`sampling.warn_baseline`, below) the baseline is cross-validated on the same
+folds, and
 
     cv_margin = 10 log10(cv_error_baseline / e_K),   e_K = σ̂² + (cv_error − σ̂²)·(1 + 1/K)/2
 
